@@ -26,7 +26,7 @@ def test_seed_repeats_and_nfe_counted(name):
     runs = [generate(ring, 64, sampler=name, nfe=12, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(runs[0].x, runs[1].x)
     assert runs[0].nfe == info.nfe(steps_for_nfe(name, 12), **info.defaults) <= 12
-    if info.stochastic:
+    if info.is_stochastic():
         other = generate(ring, 64, sampler=name, nfe=12, generator=torch.Generator().manual_seed(8))
         assert not torch.equal(runs[0].x, other.x)
 
