@@ -46,10 +46,17 @@ class DiscreteEpsDenoiser(nn.Module):
             raise ValueError("alphas_cumprod must hold at least 2 values in (0, 1), strictly decreasing in t")
         self.inner_model, self.quantize, self.prediction_type = unet, quantize, prediction_type
         sig = alphas_cumprod_to_sigmas(ac)
-        self.register_buffer('sigmas', sig)                         # float64: cast the UNet, not this wrapper
+        self.register_buffer('sigmas', sig)                         # float64, whatever dtype the UNet is cast to
         self.register_buffer('log_sigmas', sig.log())
         self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
         self.num_train_timesteps = ac.numel()
+
+    def _apply(self, fn, *args, **kw):
+        "`.to(device, dtype)`, `.half()`...: the table follows the device but stays float64."
+        tables = {k: self._buffers[k] for k in ('sigmas', 'log_sigmas')}
+        super()._apply(fn, *args, **kw)
+        for k, v in tables.items(): self._buffers[k] = v.to(self._buffers[k].device)
+        return self
 
     def sigma_to_t(self, sigma, quantize=None):
         "Timestep of noise level `sigma`: linear in log σ between the table's levels (clamped to [0, T-1])."

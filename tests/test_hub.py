@@ -297,3 +297,11 @@ def test_adapter_is_sync_free_on_gpu():
         torch.cuda.set_sync_debug_mode("error")
         try: d(x, s)
         finally: torch.cuda.set_sync_debug_mode(0)
+
+
+def test_table_stays_float64_when_cast():
+    "Casting the wrapper (to bf16, half) casts the UNet but keeps the σ table in float64, so t(σ) stays exact."
+    d = DiscreteEpsDenoiser(nn.Linear(2, 2), ddpm_alphas_cumprod(1000)).to(torch.bfloat16)
+    assert d.inner_model.weight.dtype == torch.bfloat16 and d.sigmas.dtype == d.log_sigmas.dtype == torch.float64
+    assert abs(d.sigma_to_t(d.sigmas[500:501]).item() - 500) < 1e-9
+    d.half(); assert d.sigmas.dtype == torch.float64
