@@ -12,6 +12,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 
 req = shlex.split(cfg.get('requirements', ''))
 dev_req = shlex.split(cfg.get('dev_requirements', ''))
+docs_req = shlex.split(cfg.get('docs_requirements', ''))   # `dmlearn docs`: the site, built offline
 lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 
@@ -24,7 +25,7 @@ setuptools.setup(
                 + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=['dmlearn', 'dmlearn.*']),
     include_package_data=True, package_data={'dmlearn': ['data/*']},
-    install_requires=req, extras_require={'dev': dev_req},
+    install_requires=req, extras_require={'dev': dev_req + [r for r in docs_req if r not in dev_req], 'docs': docs_req},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
     zip_safe=False,
