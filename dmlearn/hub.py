@@ -204,7 +204,8 @@ def file_sha256(path, chunk=1 << 24):
 def _snapshot(repo_id, revision, cache_dir, local_only):
     "The folder of a hub checkpoint (json files fetched, or read from the cache when offline)."
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    try: from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError: from huggingface_hub.utils import LocalEntryNotFoundError   # huggingface_hub < 0.23
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache_dir), local_files_only=local_only,
                                       allow_patterns=['*.json']))
