@@ -10,21 +10,15 @@ CHAPTER, EXPLORER = '05_explore.ipynb', 'explore_noised('      # the chapter, an
 
 
 def chapter_until_explorer(src, call):
-    "The chapter's cells up to the first one that calls `call` (the explorer), without `#| slow` cells and outputs."
-    nb = json.loads(Path(src).read_text(encoding='utf-8'))
-    cells, found, slow = [], False, 0
+    "The chapter's cells up to the first that calls `call` (the explorer), without `#| slow` cells (`strip_slow`), outputs cleared."
+    from dmlearn.docs import strip_slow
+    nb = strip_slow(src, until=call)
+    n_slow = len(strip_slow(src, flags=(), until=call)['cells']) - len(nb['cells'])   # the slow cells it left out
     for c in nb['cells']:
-        s = ''.join(c['source'])
-        if c['cell_type'] == 'code':
-            if s.lstrip().startswith('#| slow') or s.lstrip().startswith('#|slow'): slow += 1; continue
-            c['outputs'], c['execution_count'] = [], None
-        cells.append(c)
-        if c['cell_type'] == 'code' and call in s and not s.lstrip().startswith(('#| export', '#|export')): found = True; break
-    if not found: raise ValueError(f"{src} has no code cell calling {call!r}")
-    nb['cells'] = cells
+        if c['cell_type'] == 'code': c['outputs'], c['execution_count'] = [], None
     nb['metadata']['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3 (ipykernel)', 'language': 'python'}
     nb['metadata'].pop('widgets', None)
-    return nb, slow
+    return nb, n_slow
 
 
 def _free_port():
@@ -72,16 +66,20 @@ def test_explorer_slider_changes_figure(tmp_path):
                                    "document.querySelector('.widget-interact .widget-output img')", timeout=120000)
             errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]:has-text("Error")').count()
             assert errors == 0, "a cell raised an error:\n" + page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').first.inner_text()[:1500]
-            img = page.locator('.widget-interact .widget-output img').first
-            img.scroll_into_view_if_needed()
-            before = img.get_attribute('src')
-            readout_before = page.locator('.widget-interact .widget-hslider .widget-readout').first.inner_text()
+            src_js = "() => { const i = document.querySelector('.widget-interact .widget-output img'); return i ? i.src : null; }"
+            before, stable_since = page.evaluate(src_js), time.time()
+            while time.time() - stable_since < 1.5:                 # the explorer cell re-renders once itself: wait until still
+                page.wait_for_timeout(250)
+                now = page.evaluate(src_js)
+                if now != before: before, stable_since = now, time.time()
+            readout = "() => document.querySelector('.widget-interact .widget-hslider .widget-readout').innerText"
+            readout_before = page.evaluate(readout)
+            slider.scroll_into_view_if_needed()
             box = slider.bounding_box()
             page.mouse.click(box['x'] + box['width'] * 0.85, box['y'] + box['height'] / 2)   # click at 85% of the slider
             page.wait_for_function("(s) => { const i = document.querySelector('.widget-interact .widget-output img');"
                                    " return i && i.src !== s; }", arg=before, timeout=60000)
-            after = page.locator('.widget-interact .widget-output img').first.get_attribute('src')
-            readout_after = page.locator('.widget-interact .widget-hslider .widget-readout').first.inner_text()
+            after, readout_after = page.evaluate(src_js), page.evaluate(readout)
             b.close()
         print(f"\nJupyterLab: {len(nb['cells'])} cells run up to the explorer ({n_slow} slow skipped), kernel idle after "
               f"{t_idle - t0:.0f} s; slider σ {readout_before} -> {readout_after}, figure changed "

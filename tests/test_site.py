@@ -38,7 +38,16 @@ def built(tmp_path_factory):
     res = build_site(tmp_path_factory.mktemp('site') / '_docs', nbs_path=NBS)
     print(f"\nsite: {len(res['pages'])} pages, {res['size_mb']:.1f} MB, built in {res['seconds']:.0f} s "
           f"(nbdev processing {res['process_seconds']:.0f} s), {len(res['warnings'])} Sphinx warnings")
+    for w in res['import_warnings']: print(f"  notebook fix: {w}")
     return res
+
+
+def test_build_clean(built):
+    "The build produced every page, and Sphinx had nothing to warn about (a warning is markup the page gets wrong)."
+    print(f"\n{len(built['pages'])} pages, {built['size_mb']:.1f} MB; Sphinx warnings: {built['warnings']}")
+    missing = [p for p in built['pages'] if not (Path(built['out']) / f'{p}.html').exists()]
+    assert not missing, f"pages not written: {missing}"
+    assert not built['warnings'], f"Sphinx warnings: {built['warnings'][:10]}"
 
 
 @pytest.fixture(scope='session')
