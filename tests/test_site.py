@@ -250,3 +250,21 @@ def test_internal_links_resolve(crawl, server):
     print(f"\n{len(local)} local link targets, all 200; {len(anchors)} links to anchors, {len(missing)} missing")
     assert not bad, f"local links that do not resolve: {bad[:10]}"
     assert not missing, f"links to anchors that are not on their page: {missing}"
+
+
+def test_docs_command(tmp_path, monkeypatch, capsys):
+    "`dmlearn docs` through the CLI hook: its options, a refused --out, and the one-line message without the docs tools."
+    import argparse
+    import dmlearn.docs as docs
+    parser = argparse.ArgumentParser(prog='dmlearn'); docs.add_commands(parser.add_subparsers(dest='command'))
+    a = parser.parse_args(['docs'])
+    assert (a.out, a.nbs, a.workers, a.run) == ('_docs', None, 2, docs._run_docs)
+    (tmp_path / 'notes.txt').write_text('not a site')
+    a = parser.parse_args(['docs', '--out', str(tmp_path)])
+    assert a.run(a, parser) == 1 and 'not an earlier site build' in capsys.readouterr().err
+    assert (tmp_path / 'notes.txt').exists()
+    monkeypatch.setattr(docs, 'missing_docs_tools', lambda: ['sphinx'])
+    assert a.run(a, parser) == 2
+    err = capsys.readouterr().err
+    print(f"\nwithout the docs tools: {err.strip()}")
+    assert err.count('\n') == 1 and 'pip install -e ".[docs]"' in err
