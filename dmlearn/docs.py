@@ -150,7 +150,7 @@ def relative_links(text:str, # markdown or HTML
                    pages=()): # from `course_pages`: links to their notebooks become links to their pages
     "`text` with site-absolute links (`{base_url}/x.html`, `/baseurl/x.html`) and links to notebooks made relative."
     base_url = base_url.rstrip('/')
-    if base_url: text = text.replace(base_url + '/', '')
+    if base_url: text = re.sub(re.escape(base_url) + r'/?(?=[)"])', 'index.html', text).replace(base_url + '/', '')
     path = '/' + base_url.split('://', 1)[-1].split('/', 1)[1] if base_url.count('/') > 2 else ''
     if path: text = re.sub(r'(\]\(|href=")' + re.escape(path) + '/', r'\1', text)
     nb_pages = {p['path'].name: p['page'] for p in pages}
