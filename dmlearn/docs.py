@@ -239,6 +239,7 @@ extensions = ['myst_nb', 'sphinx-mathjax-offline']
 myst_enable_extensions = ['dollarmath', 'amsmath', 'colon_fence', 'attrs_block', 'attrs_inline']
 myst_dmath_double_inline = True
 myst_all_links_external = True
+mathjax3_config = {{'loader': {{'load': ['[tex]/textmacros']}}, 'tex': {{'packages': {{'[+]': ['textmacros']}}}}}}   # \\_ in \\text{{}}
 nb_execution_mode = 'off'
 nb_ipywidgets_js = {{}}
 nb_merge_streams = True
