@@ -1,0 +1,98 @@
+"Image models end to end: every shipped UNet checkpoint loads, verifies and samples images the classifier recognises; `dmlearn train` / `dmlearn sample`."
+import json, os, shutil, stat
+from pathlib import Path
+import pytest, torch
+from dmlearn.cli import main
+from dmlearn.checkpoint import CheckpointError, sha256_file
+from dmlearn.unet import PRETRAINED, pretrained_path, pretrained_unet, load_unet
+from dmlearn.images import sample_images
+
+def _cli(*args):
+    try: return main(list(args))
+    except SystemExit as e: return e.code
+
+def test_every_checkpoint_is_shipped_and_pinned():
+    assert set(PRETRAINED) == {'digits', 'fashion'}
+    for name, (fn, sha) in PRETRAINED.items():
+        p = pretrained_path(name)
+        assert p.is_file() and p.stat().st_size < 5e6, (p, p.stat().st_size if p.exists() else None)
+        assert sha256_file(p) == sha
+
+@pytest.mark.parametrize('name', sorted(PRETRAINED))
+def test_shipped_model_samples_recognisable_images(name):
+    from dmlearn.imetrics import load_classifier
+    torch.manual_seed(0); before = torch.rand(1)
+    torch.manual_seed(0); m = pretrained_unet(name); after = torch.rand(1)
+    assert torch.equal(before, after)                                    # loading leaves the global RNG alone
+    r = sample_images(m, 64, 'dpmpp_2m', 10, batch_size=64)
+    assert r.x.shape == (64, *m.sample_shape) and r.nfe == 10
+    clf = load_classifier(name)
+    with torch.no_grad():
+        p = clf(r.x.clamp(-1, 1)).softmax(-1)
+        pn = clf(torch.randn(64, *m.sample_shape).clamp(-1, 1)).softmax(-1)
+    conf, classes = p.max(-1).values.mean().item(), p.argmax(-1).unique().numel()
+    assert classes >= 7, classes                                          # samples of many classes, not one blob
+    assert conf > 0.7 and conf > pn.max(-1).values.mean().item() + 0.1, (conf, pn.max(-1).values.mean().item())
+
+def test_damaged_shipped_checkpoint_is_refused(tmp_path):
+    src = pretrained_path('digits'); dst = tmp_path / src.name
+    b = bytearray(src.read_bytes()); b[len(b) // 2] ^= 0x01; dst.write_bytes(b)
+    with pytest.raises(CheckpointError, match='damaged|does not match'): load_unet(dst, PRETRAINED['digits'][1])
+    with pytest.raises(CheckpointError, match='weights are damaged|not a readable'): load_unet(dst)
+
+def test_sample_cli_writes_png_and_tensors(tmp_path):
+    out = tmp_path / 'grid.png'
+    assert _cli('sample', '--model', 'digits', '--sampler', 'heun', '--nfe', '9', '-n', '12', '--out', str(out), '--no-progress') == 0
+    from PIL import Image
+    from safetensors import safe_open
+    assert Image.open(out).size[0] > 8 * 4
+    with safe_open(str(out.with_suffix('.safetensors')), 'pt') as f:
+        assert f.get_tensor('samples').shape == (12, 1, 8, 8)
+        meta = f.metadata()
+    assert meta['model_sha256'] == PRETRAINED['digits'][1] and meta['nfe_path'] == '9'
+    mode = stat.S_IMODE(out.stat().st_mode); um = os.umask(0); os.umask(um)
+    assert mode == 0o666 & ~um                                            # not the temp file's 0600
+    assert _cli('sample', '--model', 'digits', '--out', str(out), '--no-progress') == 2      # refuses to overwrite
+    assert _cli('sample', '--model', 'digits', '--out', str(out), '--force', '-n', '4', '--no-progress') == 0
+
+@pytest.mark.parametrize('args,msg', [
+    (['--model', 'nope'], 'unknown model'),
+    (['--model', 'digits', '--sampler', 'nope'], 'unknown sampler'),
+    (['--model', 'digits', '--sampler', 'heun', '--nfe', '2'], 'needs at least'),
+    (['--model', 'digits', '-n', '0'], 'positive integer'),
+    (['--model', 'digits', '--sigma-max', '-1'], 'sigma-max'),
+    (['--model', 'digits', '--sigma-min', '5', '--sigma-max', '1'], 'sigma-min'),
+])
+def test_sample_cli_bad_input(tmp_path, capsys, args, msg):
+    assert _cli('sample', *args, '--out', str(tmp_path / 'x.png'), '--no-progress') == 2
+    assert msg in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                                   # nothing written
+
+def test_train_cli_resumes(tmp_path):
+    run = tmp_path / 'run'
+    common = ['train', '--data', 'digits', '--out', str(run), '--ch', '8', '--ch-mult', '1,2', '--batch', '16',
+              '--ckpt-every', '5', '--no-progress']
+    assert _cli(*common, '--steps', '10') == 0
+    assert _cli(*common, '--steps', '15') == 0                             # resumes at 10
+    m = load_unet(run / 'model.safetensors')
+    assert m.info['step'] == 15
+    assert _cli(*common[:-1], '--lr', '0.01', '--steps', '20', '--no-progress') == 2   # other settings: refused
+    assert _cli('train', '--data', 'nope', '--out', str(tmp_path / 'r2'), '--no-progress') == 2
+
+def test_sample_cli_on_a_diffusers_checkpoint(tmp_path, monkeypatch):
+    "A tiny random model of google/ddpm-cifar10-32's class and config, in the hub's flat layout, sampled by folder and by hub id."
+    import diffusers
+    from dmlearn.hub import tiny_config, DDPM_CIFAR10_UNET
+    with torch.random.fork_rng():
+        torch.manual_seed(0); unet = diffusers.UNet2DModel(**tiny_config(DDPM_CIFAR10_UNET))
+    root = tmp_path / 'ddpm'; unet.save_pretrained(root); diffusers.DDPMScheduler().save_pretrained(root)
+    (root / 'model_index.json').write_text(json.dumps({'_class_name': 'DDPMPipeline'}))
+    out = tmp_path / 'g.png'
+    assert _cli('sample', '--model', str(root), '--sampler', 'euler', '--nfe', '3', '-n', '2', '--out', str(out), '--no-progress') == 0
+    from safetensors import safe_open
+    with safe_open(str(out.with_suffix('.safetensors')), 'pt') as f:
+        assert f.get_tensor('samples').shape == (2, 3, 8, 8)
+        settings = json.loads(f.metadata()['settings'])
+    assert settings['sigma_max'] == 80. and settings['sigma_min'] > 0.002     # the model's own sigma_min (DDPM table)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    assert _cli('sample', '--model', 'google/ddpm-cifar10-32', '--out', str(tmp_path / 'h.png'), '--no-progress') == 2
