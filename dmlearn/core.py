@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #e8913e3b
 from __future__ import annotations
-import math
+import math, operator
 import torch
 
 # %% auto #0
 __all__ = ['PREDICTION_TYPES', 'sigma_to_alpha', 'sigma_to_vp', 'vp_to_sigma', 'alphas_cumprod_to_sigmas',
            'sigmas_to_alphas_cumprod', 'append_dims', 'append_zero', 'batch_sigma', 'denoised_to_eps',
            'eps_to_denoised', 'denoised_to_score', 'score_to_denoised', 'denoised_to_v', 'v_to_denoised', 'to_d',
-           'as_denoiser', 'CountNFE', 'check_finite', 'Recorder', 'randn_like', 'default_noise_sampler', 'check_sigmas']
+           'as_denoiser', 'check_int', 'check_real', 'check_model_output', 'CountNFE', 'check_finite', 'Recorder',
+           'randn_like', 'default_noise_sampler', 'check_sigmas']
 
 # %% ../nbs/00_core.ipynb #a5af103a
 def sigma_to_alpha(sigma):
@@ -46,6 +47,7 @@ def append_dims(x, target_dims):
 
 def append_zero(x):
     "Append a final 0 to a 1-D σ grid (or a row of zeros to a per-sample `[S, B]` grid)."
+    if not torch.is_tensor(x): raise TypeError(f"append_zero needs a tensor σ grid; got {type(x).__name__}")
     return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])
 
 def batch_sigma(sigma, x):
@@ -111,6 +113,63 @@ def as_denoiser(fn, # `fn(x_in, sigma, **extra)` returning the quantity named by
     denoiser.prediction_type, denoiser.inner_model = prediction_type, fn
     return denoiser
 
+# %% ../nbs/00_core.ipynb #38c4970e
+def _integral(v):
+    "`v` as a Python int if it is an integer (int, numpy/0-d tensor integer, or an integral float), else None."
+    if isinstance(v, bool) or (torch.is_tensor(v) and v.dtype == torch.bool): return None
+    try: return operator.index(v)
+    except TypeError: pass
+    if torch.is_tensor(v) and v.numel() == 1 and v.is_floating_point(): v = v.item()
+    if isinstance(v, float) and math.isfinite(v) and v == int(v): return int(v)
+    try:                                                   # numpy floats
+        import numpy as np
+        if isinstance(v, np.floating) and math.isfinite(v) and v == int(v): return int(v)
+    except ImportError: pass
+    return None
+
+def check_int(value, name, lo=None, hi=None):
+    "`value` as a Python int with `lo` <= value <= `hi`; a `ValueError` naming `name` for 2.5, True, NaN or out of range."
+    v = _integral(value)
+    if hi is None and lo in (0, 1): want = 'a positive integer' if lo == 1 else 'a non-negative integer'
+    else: want = 'an integer' + ('' if lo is None and hi is None else f' >= {lo}' if hi is None else f' <= {hi}' if lo is None else f' in [{lo}, {hi}]')
+    if v is None or (lo is not None and v < lo) or (hi is not None and v > hi): raise ValueError(f"{name} must be {want}; got {value!r}")
+    return v
+
+def check_real(value, name, lo=None, hi=None, lo_open=False, hi_open=False, allow_inf=False):
+    "`value` as a float in the interval [`lo`, `hi`] (open ends if asked); a `ValueError` naming `name` for NaN, bools, complex or strings."
+    ok = not isinstance(value, (bool, complex, str, bytes)) and not (torch.is_tensor(value) and (value.numel() != 1 or value.is_complex() or value.dtype == torch.bool))
+    try: v = float(value) if ok else math.nan
+    except (TypeError, ValueError): v, ok = math.nan, False
+    lo_s = '' if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+    hi_s = '' if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+    want = 'a finite number' if not allow_inf else 'a number'
+    if lo_s or hi_s: want += ' ' + ' and '.join(s for s in (lo_s, hi_s) if s)
+    bad = not ok or math.isnan(v) or (not allow_inf and math.isinf(v))
+    bad = bad or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+    if bad: raise ValueError(f"{name} must be {want}; got {value!r}")
+    return v
+
+def check_model_output(out, x, what="the model's output"):
+    "`out` as a model's answer for the batch `x`: a real floating-point tensor of `x`'s shape, not less precise than `x`."
+    if not torch.is_tensor(out):
+        raise TypeError(f"{what} must be a torch.Tensor shaped like its input {tuple(x.shape)}; got {type(out).__name__}")
+    if out.is_complex() or not out.is_floating_point():
+        raise TypeError(f"{what} must be a real floating-point tensor; got dtype {out.dtype}")
+    if out.shape != x.shape: raise ValueError(f"{what} has shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; a denoiser returns its input's shape")
+    if x.is_floating_point() and torch.finfo(out.dtype).eps > torch.finfo(x.dtype).eps:
+        raise TypeError(f"{what} has dtype {out.dtype}, less precise than its input's {x.dtype}; return the input's dtype")
+    return out
+
+# %% ../nbs/00_core.ipynb #240cb702
+class _LazyPyplot:
+    "`matplotlib.pyplot`, imported on first attribute access (so importing a dmlearn module leaves matplotlib alone)."
+    def __getattr__(self, name):
+        import matplotlib.pyplot
+        return getattr(matplotlib.pyplot, name)
+    def __repr__(self): return '<matplotlib.pyplot, imported on first use>'
+
+_plt = _LazyPyplot()
+
 # %% ../nbs/00_core.ipynb #21637280
 class CountNFE:
     "Wrap a denoiser; count its calls (`.nfe`) and evaluated rows (`.n_evals`); reject non-finite outputs."
@@ -119,7 +178,7 @@ class CountNFE:
         self.nfe, self.n_evals = 0, 0
     def __call__(self, x, sigma, **extra):
         self.nfe += 1; self.n_evals += x.shape[0]
-        out = self.model(x, sigma, **extra)
+        out = check_model_output(self.model(x, sigma, **extra), x, f"the model's output at call {self.nfe}")
         if self.check_finite: check_finite(out, f"the model's output at call {self.nfe}")
         return out
     def reset(self): self.nfe, self.n_evals = 0, 0; return self
@@ -137,7 +196,7 @@ def check_finite(t, what='tensor'):
 class Recorder:
     "A sampler callback that keeps each step's `x`, `sigma` and `denoised` (optionally only every `every` steps)."
     def __init__(self, every=1, keys=('x', 'sigma', 'denoised')):
-        self.every, self.keys, self.steps = every, keys, []
+        self.every, self.keys, self.steps = check_int(every, 'every', lo=1), keys, []
     def __call__(self, d):
         if d['i'] % self.every == 0:
             self.steps.append({'i': d['i'], **{k: torch.as_tensor(d[k]).detach().clone() for k in self.keys if k in d}})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 import torch
-import matplotlib.pyplot as plt
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
 from .samplers import _setup, _b, _cb, step_ddim, sample_ddim, register_sampler
 
@@ -115,11 +115,14 @@ def make_gmm_kernel(dim, # D
 # %% ../nbs/21_ddim_gmm.ipynb #460b7cda
 def ddim_sigma_up(sigma, sigma_next, eta):
     "DDIM's fresh-noise standard deviation σ_↑ = η (σ_s/σ_t) √(σ_t² − σ_s²) in σ-coordinates."
+    e = _number(eta)
+    if e is None or not 0 <= e <= 1: raise ValueError(f"eta must be in [0, 1]; got {eta!r}")
     return eta * sigma_next / sigma * (sigma**2 - sigma_next**2).clamp_min(0).sqrt()
 
 def max_scale(sigma, sigma_next, eta, n_components=8):
     "Largest s with exact moment matching for ORTHO offsets, form B, uniform priors: √K α_s σ_↑."
     sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(sigma_next, dtype=torch.float64)
+    n_components = _check_K(n_components)
     return math.sqrt(n_components) * (1 + sigma_next**2).rsqrt() * ddim_sigma_up(sigma, sigma_next, eta)
 
 def _effective(kernel, sigma_up, alpha, infeasible):
@@ -152,6 +155,8 @@ def kernel_moments(kernel, # a `GMMKernel`
 def draw_components(priors, # π `[K]`
                     noise): # one standard-normal draw shaped like the batch `[B, ...]`
     "Component index `[B]` of each sample: the inverse CDF of π at Φ(first coordinate of `noise`)."
+    priors = torch.as_tensor(priors)
+    _check_priors(priors, len(priors) if priors.ndim == 1 else -1, priors.dtype if priors.is_floating_point() else torch.float64, priors.device)
     u = 0.5 * (1 + torch.erf(noise.reshape(noise.shape[0], -1)[:, 0] / math.sqrt(2)))
     return torch.searchsorted(priors.cumsum(0), u.to(priors.dtype).contiguous(), right=True).clamp(max=len(priors) - 1)
 
@@ -234,7 +239,9 @@ for _name, _hp, _desc in [
          'DDIM with a moment-matched GMM kernel (shrinks offsets where matching is impossible)'),
         ('ddim_gmm_clip', {'eta': 0., 'n_components': 8, 'scale': 0.1, 'infeasible': 'clip'},
          "DDIM-GMM as in the paper's headline setting (eta=0, clipped: not moment-matched)")]:
-    register_sampler(_name, sample_ddim_gmm, lambda steps, **hp: steps, 1, True, defaults=_hp, description=_desc)   # one NFE per step
+    register_sampler(_name, sample_ddim_gmm, lambda steps, **hp: steps, 1, True, defaults=_hp, description=_desc,   # one NFE per step
+                     check=lambda eta=0., n_components=8, scale=1., offsets='random', infeasible='shrink', form='B', **hp:
+                         _check_hp(eta, n_components, scale, offsets, infeasible, form))
 
 # %% ../nbs/21_ddim_gmm.ipynb #10da2367
 def plot_ddim_gmm(gm=None, # the target mixture (default: the 'grid' preset)
@@ -270,6 +277,8 @@ def explore_ddim_gmm(gm=None, # a 2-D mixture offered first (the presets are alw
     "Sliders for K, s, η, steps, shared offsets and the infeasibility policy around `plot_ddim_gmm` (needs ipywidgets)."
     from ipywidgets import interact, IntSlider, FloatLogSlider, FloatSlider, Checkbox, Dropdown
     from dmlearn.gmm import PRESETS, get_gmm
+    if isinstance(gm, str): gm = get_gmm(gm)
+    if gm is not None and not hasattr(gm, 'denoiser'): raise TypeError(f"gm must be a GMM or a preset name; got {type(gm).__name__}")
     targets = {name: get_gmm(name) for name in PRESETS if name != 'gaussian'}
     if gm is not None: targets = {(gm.name or 'custom'): gm, **targets}
     def show(target, K, s, eta, steps, shared, infeasible):

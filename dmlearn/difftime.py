@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-import matplotlib.pyplot as plt
-from .core import batch_sigma
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import batch_sigma, check_int, check_real
 from .gmm import GMM, plot_density
 from .starts import gauss_kl, gaussian_prior, fit_aux, AuxStart
+from .samplers import GaussianStart, generate
 
 # %% auto #0
 __all__ = ['sigma_quadrature', 'elbo_gaussian', 'elbo_terms', 'ScoreErrorDenoiser', 'prior_kl_curve', 'prior_kl_bounds',
@@ -21,8 +22,9 @@ def sigma_quadrature(sigma_T, # upper limit of ∫_0^σ_T … dσ
                      n=48, # number of nodes
                      a=0.05): # below `a` the nodes are uniform in σ, above it uniform in log σ
     "Gauss–Legendre nodes and weights (σ_j, w_j) with ∫_0^σ_T f(σ) dσ ≈ Σ_j w_j f(σ_j), float64."
-    sigma_T = float(sigma_T)
+    sigma_T = check_real(sigma_T, 'sigma_T')
     if not sigma_T > 0: raise ValueError(f"sigma_T must be positive; got {sigma_T}")
+    n = check_int(n, 'n')
     if n < 4: raise ValueError(f"n must be at least 4; got {n}")
     a = min(a, sigma_T / 2); n1 = max(n // 4, 2); n2 = n - n1
     x1, w1 = np.polynomial.legendre.leggauss(n1); x2, w2 = np.polynomial.legendre.leggauss(n2)
@@ -40,7 +42,7 @@ def elbo_gaussian(mu, Sigma, # the data N(μ, Σ)
     mu, Sigma = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(Sigma, dtype=torch.float64)
     mu_s = mu if mu_s is None else torch.as_tensor(mu_s, dtype=torch.float64)
     Sigma_s = Sigma if Sigma_s is None else torch.as_tensor(Sigma_s, dtype=torch.float64)
-    d = mu.shape[0]; I = torch.eye(d, dtype=torch.float64); sT = float(sigma_T)
+    d = mu.shape[0]; I = torch.eye(d, dtype=torch.float64); sT = check_real(sigma_T, 'sigma_T', lo=0, lo_open=True)
     m, S = (torch.zeros(d, dtype=torch.float64), sT**2 * I) if nu is None else (torch.as_tensor(t, dtype=torch.float64) for t in nu)
     CT, dm = Sigma + sT**2 * I, mu - m
     e_log_nu = -0.5 * (torch.logdet(2 * math.pi * S) + torch.linalg.solve(S, CT + torch.outer(dm, dm)).trace())
@@ -73,6 +75,7 @@ def elbo_terms(gm:GMM, # the data mixture p_0
                score=None, # the model's score `score(x, sigma)`; default the exact `gm.score` (G = 0)
                n=10_000, n_nodes=48, seed=0):
     "E[L], H(p0), KL(p_σT‖ν), G and −H−KL−G by Monte Carlo with common random numbers and control variates: {name: (mean, s.e.)}."
+    sT = check_real(sigma_T, 'sigma_T', lo=0, lo_open=True); n = check_int(n, 'n', lo=2); check_int(n_nodes, 'n_nodes', lo=4)
     g = torch.Generator().manual_seed(seed)
     k, x0 = _sample_labeled(gm, n, g)
     eps = torch.randn(x0.shape, generator=g, dtype=gm.dtype)
@@ -200,6 +203,10 @@ def sweep_T(model, # the denoiser the path uses
             aux_components=None, # None: `GaussianStart(σ_T)`; K: `AuxStart(fit_aux(gm, σ_T, K))`
             n=1000, sampler='heun', nfe=19, seed=0, n_fit=4000):
     "Sample metrics at each σ_T for one kind of start: a tensor `[len(sigmas_T), n_metrics]`."
+    sT_all = torch.as_tensor(sigmas_T, dtype=torch.float64)
+    if sT_all.ndim > 1 or not (torch.isfinite(sT_all).all() and (sT_all > 0).all()):
+        raise ValueError(f"sigmas_T must be a 1-D list of finite noise levels > 0; got {sT_all.tolist()}")
+    n = check_int(n, 'n', lo=1)
     rows = []
     for j, sT in enumerate(torch.as_tensor(sigmas_T, dtype=torch.float64).tolist()):
         start = GaussianStart(sT) if aux_components is None else AuxStart(fit_aux(gm, sT, aux_components, n=n_fit, seed=seed + 1 + j))
@@ -211,6 +218,8 @@ def sweep_T(model, # the denoiser the path uses
 def score_error_profile(model, # a denoiser `model(x, sigma)`
                         gm:GMM, sigmas, n=4000, seed=0):
     "e(σ) = E_{p_σ}‖s_θ − ∇log p_σ‖² of the denoiser's score (D − x)/σ², at each σ: tensor `[2, len]` (mean, s.e.)."
+    n = check_int(n, 'n', lo=2); sg = torch.as_tensor(sigmas, dtype=torch.float64)
+    if not (torch.isfinite(sg).all() and (sg > 0).all()): raise ValueError(f"sigmas must be finite and > 0 (the score error divides by σ⁴); got {sg.tolist()}")
     g = torch.Generator().manual_seed(seed)
     x0 = gm.sample(n, g); eps = torch.randn(x0.shape, generator=g, dtype=gm.dtype)
     out = []
@@ -223,6 +232,11 @@ def score_error_profile(model, # a denoiser `model(x, sigma)`
 def gap_curve(model, gm:GMM, sigmas_T, sigma_min=0.002, n_nodes=48, n=4000, seed=0):
     "G(s_θ, σ_T) = ∫_σmin^σT σ e(σ) dσ at each σ_T (Gauss–Legendre in log σ on one fine grid, cumulated)."
     sT = torch.as_tensor(sigmas_T, dtype=torch.float64)
+    sigma_min = check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); n_nodes = check_int(n_nodes, 'n_nodes', lo=1)
+    if sT.ndim > 1 or sT.numel() == 0 or not torch.isfinite(sT).all():
+        raise ValueError(f"sigmas_T must be a non-empty 1-D list of finite noise levels; got {sT.tolist()}")
+    if (sT <= sigma_min).any():
+        raise ValueError(f"every sigma_T must exceed sigma_min={sigma_min:g} (the gap integrates σ e(σ) from sigma_min up to σ_T); got {sT.min().item():.4g}")
     x, w = np.polynomial.legendre.leggauss(n_nodes)
     la, lb = math.log(sigma_min), math.log(sT.max().item())
     # nodes on each [σ_{j-1}, σ_j] segment between consecutive σ_T, so every partial integral is a Gauss–Legendre sum
@@ -244,6 +258,7 @@ def plot_difftime(gm:GMM, # the data
                   n=1000, nfe=19, seed=0, axs=None, lim=3.5):
     "Left: KL, score gap and their sum against σ_T; right: samples from that start with the score-error denoiser. Returns the axes."
     from dmlearn.metrics import energy_distance
+    check_real(sigma_T, 'sigma_T', lo=0, lo_open=True); check_real(eps2, 'eps2', lo=0)   # before any figure is made
     if axs is None: _, axs = plt.subplots(1, 2, figsize=(8, 3.1), dpi=60, gridspec_kw=dict(width_ratios=[1.5, 1]))
     if curves is None:
         s = torch.exp(torch.linspace(math.log(0.25), math.log(80), 12, dtype=torch.float64))

@@ -6,8 +6,8 @@
 from __future__ import annotations
 import math
 import torch
-import matplotlib.pyplot as plt
-from .core import append_dims, batch_sigma
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import append_dims, batch_sigma, check_int, check_real
 
 # %% auto #0
 __all__ = ['PRESETS', 'GMM', 'gmm_ring', 'gmm_grid', 'gmm_hard', 'gmm_gaussian', 'get_gmm', 'plot_density']
@@ -56,7 +56,7 @@ class GMM:
 
     def sample(self, n, generator=None):
         "`n` exact samples (float64 `[n, d]`), drawn from `generator`."
-        if int(n) < 1: raise ValueError(f"n must be a positive integer; got {n}")
+        n = check_int(n, 'n', lo=1)
         k = torch.multinomial(self.weights, int(n), replacement=True, generator=generator)
         z = torch.randn(int(n), self.dim, generator=generator, dtype=self.dtype)
         return self.means[k] + torch.einsum('nij,nj->ni', self._U[k], self._lam[k].sqrt() * z)
@@ -64,8 +64,10 @@ class GMM:
     def _terms(self, x, sigma):
         "Per-component log N(x; μ_k, Σ_k+σ²I) `[B,K]`, rotated offsets z `[B,K,d]` and λ_k+σ² `[B,K,d]`."
         x = self._x(x)
-        s2 = batch_sigma(sigma, x).to(self.dtype)**2
-        if (s2 < 0).any() or not torch.isfinite(s2).all(): raise ValueError("sigma must be finite")
+        s = batch_sigma(sigma, x).to(self.dtype)
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError(f"sigma must be finite and >= 0 (a noise level, not a variance or a signed shift); got values in [{s.min().item():.4g}, {s.max().item():.4g}]")
+        s2 = s**2
         z = torch.einsum('kji,bkj->bki', self._U, x[:, None, :] - self.means[None])
         lc = self._lam[None] + s2[:, None, None]
         logn = -0.5 * ((z**2 / lc).sum(-1) + lc.log().sum(-1) + self.dim * math.log(2 * math.pi))
@@ -98,8 +100,7 @@ class GMM:
 
     def noised(self, sigma):
         "The mixture p_σ = Σ w_k N(μ_k, Σ_k + σ² I) (σ a number)."
-        sigma = float(sigma)
-        if not sigma >= 0: raise ValueError(f"sigma must be >= 0; got {sigma}")
+        sigma = check_real(sigma, 'sigma', lo=0)
         return GMM(self.weights, self.means, self.covs + sigma**2 * torch.eye(self.dim, dtype=self.dtype), dtype=self.dtype,
                    name=f"{self.name or 'gmm'}@σ={sigma:g}")
 
@@ -119,12 +120,14 @@ def _rot(theta):
 
 def gmm_ring(n_modes=8, radius=2., std=0.15):
     "`n_modes` equal isotropic modes on a circle."
+    n_modes = check_int(n_modes, 'n_modes', lo=1); check_real(radius, 'radius'); check_real(std, 'std', lo=0, lo_open=True)
     th = torch.arange(n_modes, dtype=torch.float64) * 2 * math.pi / n_modes
     means = radius * torch.stack([th.cos(), th.sin()], -1)
     return GMM(torch.full((n_modes,), 1 / n_modes), means, std**2 * torch.eye(2).expand(n_modes, 2, 2), name='ring')
 
 def gmm_grid(n=5, spacing=1., std=0.1):
     "n×n equal isotropic modes on a centred lattice."
+    n = check_int(n, 'n', lo=1); check_real(spacing, 'spacing'); check_real(std, 'std', lo=0, lo_open=True)
     c = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing
     means = torch.cartesian_prod(c, c)
     return GMM(torch.full((n * n,), 1 / n**2), means, std**2 * torch.eye(2).expand(n * n, 2, 2), name='grid')
@@ -152,6 +155,7 @@ def get_gmm(name):
 # %% ../nbs/01_gmm.ipynb #23d085f1
 def plot_density(gm, sigma=0., ax=None, lim=3.5, n=150, cmap='Blues', levels=20, log=True, span=12.):
     "Filled contours of p_σ (of log p_σ over `span` nats if `log`) on the square [-lim, lim]²; returns the axis."
+    check_real(sigma, 'sigma', lo=0); check_real(lim, 'lim', lo=0, lo_open=True); check_int(n, 'n', lo=2)   # before any figure is made
     if ax is None: _, ax = plt.subplots(figsize=(3, 3))
     t = torch.linspace(-lim, lim, n, dtype=torch.float64)
     X, Y = torch.meshgrid(t, t, indexing='xy')

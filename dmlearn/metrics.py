@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import ot
 from scipy.integrate import solve_ivp
-from .core import batch_sigma
+from .core import batch_sigma, check_int, check_real
 
 # %% auto #0
 __all__ = ['HEADLINE', 'cross_entropy', 'gm_entropy', 'energy_distance', 'sliced_wasserstein', 'mode_weight_error',
@@ -69,6 +69,7 @@ def sliced_wasserstein(x, # samples `[n, d]`
                        p=1, # order of the Wasserstein distance (1: noise floor ∝ n^-1/2 on multimodal targets)
                        generator=None): # `torch.Generator` for the directions (default: seed 0)
     "Sliced p-Wasserstein distance between `x` and `y` over `n_projections` random directions (POT)."
+    n_projections = check_int(n_projections, 'n_projections', lo=1); check_real(p, 'p', lo=1)
     x = _samples(x, 'x')
     y = _samples(y, 'y', dim=x.shape[1])
     theta = torch.randn(x.shape[1], n_projections, generator=_generator(generator), dtype=torch.float64)

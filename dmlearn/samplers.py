@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 import torch
 from tqdm import trange
-from .core import (append_dims, batch_sigma, to_d, check_sigmas, check_finite, default_noise_sampler, CountNFE)
+from .core import (append_dims, batch_sigma, to_d, check_sigmas, check_finite, default_noise_sampler, CountNFE,
+                          check_int, check_real, check_model_output)
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'BASELINES', 'step_ddpm', 'step_ddim', 'step_euler', 'sample_ddpm', 'sample_ddim', 'sample_euler',
-           'step_euler_maruyama', 'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'sample_heun',
+__all__ = ['SAMPLERS', 'BASELINES', 'MAX_STEPS', 'step_ddpm', 'step_ddim', 'step_euler', 'sample_ddpm', 'sample_ddim',
+           'sample_euler', 'step_euler_maruyama', 'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'sample_heun',
            'step_dpm_solver', 'sample_dpm_solver', 'step_dpmpp_2m', 'sample_dpmpp_2m', 'SamplerInfo',
-           'register_sampler', 'load_samplers', 'get_sampler', 'steps_for_nfe', 'StartOut', 'Start', 'GaussianStart',
-           'Samples', 'make_sigmas', 'generate']
+           'register_sampler', 'load_samplers', 'get_sampler', 'BudgetError', 'steps_for_nfe', 'StartOut', 'Start',
+           'GaussianStart', 'Samples', 'make_sigmas', 'generate']
 
 # %% ../nbs/10_samplers.ipynb #81a5c2a3
 def _b(s, x):
@@ -26,14 +27,15 @@ def _b(s, x):
 def _setup(model, x, sigmas, extra_args=None, generator=None, noise_sampler=None):
     "Validate inputs; return (sigmas, denoise(x, sigma), noise_sampler)."
     if not torch.is_tensor(x) or x.ndim < 2: raise ValueError(f"x must be a batch tensor [B, ...]; got {getattr(x, 'shape', type(x))}")
+    if x.is_complex() or not x.is_floating_point(): raise TypeError(f"x must be a real floating-point tensor; got dtype {x.dtype}")
     check_finite(x, 'the starting batch x')
     sigmas = check_sigmas(torch.as_tensor(sigmas, dtype=x.dtype, device=x.device), x)
     extra_args = extra_args or {}
     def denoise(x, sigma):
         sigma = sigma.reshape(-1) if sigma.ndim > 0 else sigma
         out = model(x, batch_sigma(sigma, x), **extra_args)
-        if out.shape != x.shape: raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
-        return check_finite(out, f"the model's output at sigma={sigma.flatten()[0].item():.4g}")
+        what = f"the model's output at sigma={sigma.flatten()[0].item():.4g}"
+        return check_finite(check_model_output(out, x, what), what)
     return sigmas, denoise, (noise_sampler or default_noise_sampler(x, generator))
 
 def _cb(callback, x, i, sigma, sigma_hat, denoised):
@@ -53,8 +55,12 @@ def step_ddpm(x, denoised, sigma, sigma_next, noise=None, variance='fixed_small'
     return xs / a_s                                                      # back to σ-coordinates
 
 # %% ../nbs/10_samplers.ipynb #10389cf9
+def _check_eta(eta):
+    if not 0 <= check_real(eta, 'eta') <= 1: raise ValueError(f"eta must be in [0, 1]; got {eta}")
+
 def step_ddim(x, denoised, sigma, sigma_next, eta=0., noise=None):
     "One DDIM step σ → σ_next (Song et al. 2021); `eta`=0 deterministic, 1 = DDPM."
+    _check_eta(eta)
     sigma_up = eta * sigma_next / sigma * (sigma**2 - sigma_next**2).clamp_min(0).sqrt()
     sigma_down = (sigma_next**2 - sigma_up**2).clamp_min(0).sqrt()
     x = denoised + sigma_down * (x - denoised) / sigma
@@ -78,7 +84,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 @torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, eta=0.):
     "DDIM (Song et al. 2021, Eq. 12) in σ-coordinates; `eta`=0 is deterministic."
-    if not 0 <= eta <= 1: raise ValueError(f"eta must be in [0, 1]; got {eta}")
+    _check_eta(eta)
     sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
@@ -116,16 +122,20 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
 def langevin_step(x, score, noise, snr=0.16, norm='batch'):
     "One Langevin corrector step with Song et al.'s SNR-based step size."
     if norm not in ('batch', 'sample'): raise ValueError(f"norm must be 'batch' or 'sample'; got {norm!r}")
+    check_real(snr, 'snr', lo=0, lo_open=True)
     gn, nn = score.flatten(1).norm(dim=-1), noise.flatten(1).norm(dim=-1)
     ratio = (nn.mean() / gn.mean()) if norm == 'batch' else append_dims(nn / gn, x.ndim)
     eps = 2 * (snr * ratio)**2
     return x + eps * score + (2 * eps).sqrt() * noise
 
+def _check_pc(n_corrector=1, snr=0.16, norm='batch'):
+    check_int(n_corrector, 'n_corrector', lo=0); check_real(snr, 'snr', lo=0, lo_open=True)
+    if norm not in ('batch', 'sample'): raise ValueError(f"norm must be 'batch' or 'sample'; got {norm!r}")
+
 @torch.no_grad()
 def sample_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, snr=0.16, n_corrector=1, norm='batch'):
     "Predictor–corrector: reverse-diffusion predictor + Langevin corrector (Song et al. 2021, Algorithms 2–3)."
-    if n_corrector < 0 or int(n_corrector) != n_corrector: raise ValueError(f"n_corrector must be a non-negative integer; got {n_corrector}")
-    if snr <= 0: raise ValueError(f"snr must be positive; got {snr}")
+    _check_pc(n_corrector, snr, norm)
     sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]; sb = _b(s, x)
@@ -139,11 +149,15 @@ def sample_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
     return x
 
 # %% ../nbs/10_samplers.ipynb #4ac9e0d7
+def _check_heun(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
+    check_real(s_churn, 's_churn', lo=0); check_real(s_noise, 's_noise', lo=0)
+    check_real(s_tmin, 's_tmin', lo=0, allow_inf=True); check_real(s_tmax, 's_tmax', lo=0, allow_inf=True)
+
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                 s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     "Heun's method with optional churn (Karras et al. 2022, Algorithms 1 and 2)."
-    if s_churn < 0 or s_noise < 0: raise ValueError("s_churn and s_noise must be non-negative")
+    _check_heun(s_churn, s_tmin, s_tmax, s_noise)
     sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
     n = len(sigmas) - 1
     for i in trange(n, disable=disable):
@@ -163,6 +177,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 # %% ../nbs/10_samplers.ipynb #4b97c673
 def step_dpm_solver(denoise, x, sigma, sigma_next, order=2, eps=None):
     "One singlestep DPM-Solver-`order` step σ → σ_next > 0 in σ-coordinates (Lu et al. 2022, Algorithms 1–2)."
+    _check_dpm_order(order)
     e = lambda x, s: (x - denoise(x, s)) / _b(s, x)
     b = lambda s: _b(s, x)
     h = (sigma / sigma_next).log()                          # λ_s - λ_t
@@ -182,10 +197,13 @@ def step_dpm_solver(denoise, x, sigma, sigma_next, order=2, eps=None):
         return x - b(sigma - sigma_next) * eps_t - b(sigma_next / r2 * (torch.expm1(h) / h - 1)) * D2
     raise ValueError(f"DPM-Solver order must be 1, 2 or 3; got {order}")
 
+def _check_dpm_order(order):
+    if isinstance(order, bool) or order not in (1, 2, 3): raise ValueError(f"DPM-Solver order must be 1, 2 or 3; got {order!r}")
+
 @torch.no_grad()
 def sample_dpm_solver(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, order=2):
     "Singlestep DPM-Solver-1/2/3 in noise-prediction form (Lu et al. 2022); the step into σ=0 is first order."
-    if order not in (1, 2, 3): raise ValueError(f"DPM-Solver order must be 1, 2 or 3; got {order}")
+    _check_dpm_order(order)
     sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
@@ -227,31 +245,35 @@ class SamplerInfo:
     min_steps: int = 1             # fewer steps cannot reach the sampler's order
     defaults: dict = field(default_factory=dict)
     description: str = ''
+    check: Callable = None         # check(**hp) raises a clear error for bad hyperparameters, before any budget arithmetic
     def is_stochastic(self, **hp):
         "Whether a run with hyperparameters `hp` (over the defaults) draws noise."
         return self.stochastic({**self.defaults, **hp}) if callable(self.stochastic) else self.stochastic
 
 SAMPLERS: dict[str, SamplerInfo] = {}
 
-def register_sampler(name, fn, nfe, order, stochastic, min_steps=1, defaults=None, description=''):
-    "Add a sampler to `SAMPLERS` under `name`."
-    SAMPLERS[name] = SamplerInfo(fn, nfe, order, stochastic, min_steps, dict(defaults or {}), description)
+def register_sampler(name, fn, nfe, order, stochastic, min_steps=1, defaults=None, description='', check=None):
+    "Add a sampler to `SAMPLERS` under `name`; `check(**hp)` validates its hyperparameters."
+    SAMPLERS[name] = SamplerInfo(fn, nfe, order, stochastic, min_steps, dict(defaults or {}), description, check)
     return SAMPLERS[name]
 
 _one = lambda steps, **hp: steps
 register_sampler('euler', sample_euler, _one, 1, False, description='Euler on the PF-ODE')
-register_sampler('ddim', sample_ddim, _one, 1, lambda hp: hp.get('eta', 0.) > 0, defaults={'eta': 0.}, description='DDIM, eta=0 (= euler)')
+register_sampler('ddim', sample_ddim, _one, 1, lambda hp: hp.get('eta', 0.) > 0, defaults={'eta': 0.}, description='DDIM, eta=0 (= euler)',
+                 check=lambda eta=0., **hp: _check_eta(eta))
 register_sampler('ddpm', sample_ddpm, _one, 1, True, description='DDPM ancestral, fixed_small')
 register_sampler('euler_maruyama', sample_euler_maruyama, _one, 1, True, description='Euler-Maruyama on the reverse SDE')
 register_sampler('pc', sample_pc, lambda steps, n_corrector=1, **hp: steps * (1 + n_corrector), 1, True,
-                 defaults={'snr': 0.16, 'n_corrector': 1}, description='reverse-diffusion predictor + Langevin corrector')
-register_sampler('heun', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, False, min_steps=2, description="EDM Heun (Alg. 1)")
+                 defaults={'snr': 0.16, 'n_corrector': 1}, description='reverse-diffusion predictor + Langevin corrector',
+                 check=lambda n_corrector=1, snr=0.16, norm='batch', **hp: _check_pc(n_corrector, snr, norm))
+_hc = lambda s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1., **hp: _check_heun(s_churn, s_tmin, s_tmax, s_noise)
+register_sampler('heun', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, False, min_steps=2, description="EDM Heun (Alg. 1)", check=_hc)
 register_sampler('heun_churn', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, True, min_steps=2,
-                 defaults={'s_churn': 40., 's_tmin': 0.05, 's_tmax': 50., 's_noise': 1.003}, description="EDM stochastic Heun (Alg. 2)")
+                 defaults={'s_churn': 40., 's_tmin': 0.05, 's_tmax': 50., 's_noise': 1.003}, description="EDM stochastic Heun (Alg. 2)", check=_hc)
 register_sampler('dpm_solver_2', sample_dpm_solver, lambda steps, order=2, **hp: order * (steps - 1) + 1, 2, False, min_steps=2,
-                 defaults={'order': 2}, description='DPM-Solver-2, singlestep')
+                 defaults={'order': 2}, description='DPM-Solver-2, singlestep', check=lambda order=2, **hp: _check_dpm_order(order))
 register_sampler('dpm_solver_3', sample_dpm_solver, lambda steps, order=3, **hp: order * (steps - 1) + 1, 3, False, min_steps=2,
-                 defaults={'order': 3}, description='DPM-Solver-3, singlestep')
+                 defaults={'order': 3}, description='DPM-Solver-3, singlestep', check=lambda order=3, **hp: _check_dpm_order(order))
 register_sampler('dpmpp_2m', sample_dpmpp_2m, _one, 2, False, min_steps=2, description='DPM-Solver++(2M)')
 
 BASELINES = tuple(SAMPLERS)       # the samplers of this chapter; later chapters add theirs to SAMPLERS
@@ -272,15 +294,35 @@ def get_sampler(name):
     if name not in SAMPLERS: raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
-def steps_for_nfe(name, nfe, **hp):
+MAX_STEPS = 10_000   # a budget that asks for a longer grid is refused unless the caller opts in (max_steps=None)
+
+class BudgetError(ValueError):
+    "An NFE budget too small for a sampler's minimum number of steps (`compare` leaves such a cell blank)."
+
+def steps_for_nfe(name, nfe,
+                  max_steps=MAX_STEPS, # refuse budgets that need a longer grid (None: no limit)
+                  **hp):
     "The largest number of steps whose NFE fits the budget `nfe` for sampler `name`."
     info = get_sampler(name); hp = {**info.defaults, **hp}
-    if int(nfe) != nfe or nfe < 1: raise ValueError(f"nfe must be a positive integer; got {nfe}")
-    steps = 0
-    while info.nfe(steps + 1, **hp) <= nfe: steps += 1
+    nfe = check_int(nfe, 'nfe', lo=1)
+    if max_steps is not None: max_steps = check_int(max_steps, 'max_steps', lo=1)
+    if info.check is not None: info.check(**hp)            # bad hyperparameters fail here, before any budget arithmetic
+    cost = lambda s: info.nfe(s, **hp)
+    if cost(nfe + 1) <= nfe:                               # every step costs >= 1 NFE, so steps <= nfe
+        raise ValueError(f"sampler {name!r} with hyperparameters {hp} spends {cost(nfe + 1)} NFE on {nfe + 1} steps; "
+                         "a step must cost at least one NFE (check the hyperparameters)")
+    lo, hi = 0, nfe + 1                                    # bisection on the non-decreasing cost: cost(lo) <= nfe < cost(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost(mid) <= nfe: lo = mid
+        else: hi = mid
+    steps = lo
     if steps < info.min_steps:
-        raise ValueError(f"sampler {name!r} needs at least {info.nfe(info.min_steps, **hp)} NFE for {info.min_steps} steps "
-                         f"(order {info.order}); got nfe={nfe}")
+        raise BudgetError(f"sampler {name!r} needs at least {info.nfe(info.min_steps, **hp)} NFE for {info.min_steps} steps "
+                          f"(order {info.order}); got nfe={nfe}")
+    if max_steps is not None and steps > max_steps:
+        raise ValueError(f"nfe={nfe} gives sampler {name!r} a grid of {steps} steps, more than max_steps={max_steps}; "
+                         "pass max_steps=None to run it anyway")
     return steps
 
 # %% ../nbs/10_samplers.ipynb #e542414f
@@ -298,9 +340,9 @@ class Start:
 class GaussianStart(Start):
     "The textbook start: x ~ N(0, σ_max² I) at σ_max."
     def __init__(self, sigma_max=80.):
-        if not sigma_max > 0: raise ValueError(f"sigma_max must be positive; got {sigma_max}")
-        self.sigma_max = float(sigma_max)
+        self.sigma_max = check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
     def __call__(self, n, shape, generator=None, dtype=torch.float64, device='cpu'):
+        n = check_int(n, 'n', lo=1)
         return StartOut(self.sigma_max * torch.randn((n, *shape), generator=generator, dtype=dtype, device=device), self.sigma_max)
     def __repr__(self): return f"GaussianStart(sigma_max={self.sigma_max:g})"
 
@@ -314,6 +356,10 @@ class Samples:
     sampler: str
     @property
     def total_nfe(self): return self.nfe + self.start_cost.get('nfe', 0)
+
+def _integral_pos(d):
+    try: return check_int(d, 'shape', lo=1) > 0
+    except ValueError: return False
 
 def make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=torch.float64, **kw):
     "A σ grid of `steps` steps from `sigma_start` (a number or `[B]`) to `sigma_min`, then 0; `[S+1]` or `[S+1, B]`."
@@ -332,20 +378,27 @@ def make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=torch.float64, **
     return grids[:, inv]
 
 def generate(model, n, sampler='heun', nfe=20, schedule='karras', start=None, *, shape=None, sigma_min=0.002, sigma_max=80.,
-             generator=None, dtype=torch.float64, device='cpu', callback=None, disable=True, schedule_kw=None, **hp):
+             generator=None, dtype=torch.float64, device='cpu', callback=None, disable=True, schedule_kw=None,
+             max_steps=MAX_STEPS, **hp):
     "Draw `n` samples: `start` (default `GaussianStart(sigma_max)`) + `sampler` with an NFE budget on a `schedule`."
     info = get_sampler(sampler)
     if shape is None:
         if not hasattr(model, 'dim'): raise ValueError("pass shape=(...) for a model without a .dim attribute")
         shape = (model.dim,)
-    if int(n) < 1: raise ValueError(f"n must be a positive integer; got {n}")
+    n = check_int(n, 'n', lo=1)
+    if isinstance(shape, int) or not all(_integral_pos(d) for d in shape):
+        raise ValueError(f"shape must be a tuple of positive integers (one sample's shape); got {shape!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point: raise ValueError(f"dtype must be a floating-point torch dtype; got {dtype!r}")
+    check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
+    if schedule_kw is not None and not isinstance(schedule_kw, dict): raise ValueError(f"schedule_kw must be a dict; got {type(schedule_kw).__name__}")
+    hp = {**info.defaults, **hp}
+    steps = steps_for_nfe(sampler, nfe, max_steps, **hp)   # bad budgets and hyperparameters fail before the start runs
     from dmlearn.schedules import get_sigmas, _OWN_RANGE
     if start is None and schedule in _OWN_RANGE:      # the textbook start at the grid's own sigma_max
         sigma_max = get_sigmas(schedule, 1, **(schedule_kw or {}))[0].item()
     start = start or GaussianStart(sigma_max)
-    so = start(int(n), tuple(shape), generator=generator, dtype=dtype, device=device)
-    hp = {**info.defaults, **hp}
-    steps = steps_for_nfe(sampler, nfe, **hp)
+    if not callable(start): raise ValueError(f"start must be a Start (callable as start(n, shape, ...)); got {type(start).__name__}")
+    so = start(n, tuple(shape), generator=generator, dtype=dtype, device=device)
     sigmas = make_sigmas(schedule, steps, sigma_min, so.sigma, dtype=dtype, **(schedule_kw or {}))
     counted = CountNFE(model)
     x = info.fn(counted, so.x, sigmas, callback=callback, disable=disable, generator=generator, **hp)

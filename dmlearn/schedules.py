@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, operator
 import numpy as np
 import torch
-import matplotlib.pyplot as plt
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from .core import append_zero, alphas_cumprod_to_sigmas, check_sigmas
 
 # %% auto #0
@@ -183,6 +183,7 @@ def get_sigmas(name, # a key of `SCHEDULES`
 def plot_sigmas(grids, # {label: σ grid ending in 0}
                 ax=None, **kw): # `kw` goes to `ax.plot`
     "σ against step index on a log axis (the final 0 is left out), one line per grid."
+    if not isinstance(grids, dict): raise TypeError(f"grids must be a dict {{label: σ grid}}; got {type(grids).__name__}")
     if ax is None: _, ax = plt.subplots(figsize=(4.2, 3), dpi=75)
     for label, s in grids.items():
         s = torch.as_tensor(s).detach().cpu().double()[:-1]
@@ -194,6 +195,7 @@ def plot_sigmas(grids, # {label: σ grid ending in 0}
 def plot_sigma_density(grids, # {label: σ grid ending in 0}
                        ax=None, band=None): # band: optional (σ_min, σ_max) to shade
     "One row of ticks per grid at its nonzero σ values on a log axis: the density of ticks is the density of steps."
+    if not isinstance(grids, dict): raise TypeError(f"grids must be a dict {{label: σ grid}}; got {type(grids).__name__}")
     if ax is None: _, ax = plt.subplots(figsize=(4.6, 0.4 * len(grids) + 0.8), dpi=75)
     for row, (label, s) in enumerate(grids.items()):
         s = torch.as_tensor(s).detach().cpu().double()[:-1]

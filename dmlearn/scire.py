@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-import matplotlib.pyplot as plt
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
 from .gmm import PRESETS, get_gmm, plot_density
 from .samplers import _setup, _b, _cb, register_sampler
@@ -196,8 +196,17 @@ _VARIANTS = {  # name: (fn, defaults, measured ODE order, description)
     'scirei_2': (sample_scirei, {'order': 2, 'phi': 'rd3'}, 1, 'SciREI-2: exponential integrator + RD φ=2/3; measured ODE order 1'),
     'scire_2m': (sample_scire, {'order': 2, 'phi': 'rd3', 'method': 'multistep'}, 1, 'SciRE-V1-2M multistep, φ² scaling (Oct-2023 code)'),
 }
+def _check_scire_hp(order=2, phi='rd3', method='singlestep', r2='paper', **hp):
+    "The checks `sample_scire` makes, for `steps_for_nfe` to run before any budget arithmetic."
+    _check_order(order, (1, 2, 3)); resolve_phi(phi)
+    if method not in _METHODS: raise ValueError(f"method must be 'singlestep' or 'multistep'; got {method!r}")
+    if r2 not in _R2: raise ValueError(f"r2 must be 'paper' or 'taylor'; got {r2!r}")
+
+def _check_scirei_hp(order=2, phi='rd3', **hp): _check_scirei_order(order); resolve_phi(phi)
+
 for _name, (_fn, _hp, _order, _desc) in _VARIANTS.items():
-    register_sampler(_name, _fn, _nfe_scire, _order, False, min_steps=2, defaults=_hp, description=_desc)
+    register_sampler(_name, _fn, _nfe_scire, _order, False, min_steps=2, defaults=_hp, description=_desc,
+                     check=_check_scirei_hp if _fn is sample_scirei else _check_scire_hp)
 
 # %% ../nbs/20_scire.ipynb #016ec66f
 def _steps_for(nfe, order, method):
@@ -240,6 +249,9 @@ def explore_scire(**kw): # passed to `plot_scire` (e.g. `n`, `model`, `seed`)
     "`plot_scire` on sliders: target, order, φ, schedule, NFE and method (needs a kernel with ipywidgets); returns the widget."
     from ipywidgets import interactive, Dropdown, FloatSlider, IntSlider
     from IPython.display import display
+    import inspect
+    try: inspect.signature(plot_scire).bind_partial(**kw)     # a bad keyword fails now, not on the first slider move
+    except TypeError as e: raise TypeError(f"explore_scire: {e} (keywords go to plot_scire)") from None
     def show(target, order, phi, schedule, nfe, method):
         _, ax = plt.subplots(figsize=(4, 4), dpi=75)
         try: plot_scire(target, order, phi, schedule, nfe, method, ax=ax, **kw)

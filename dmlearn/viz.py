@@ -5,7 +5,7 @@
 # %% ../nbs/05_explore.ipynb #203190df
 from __future__ import annotations
 import torch
-import matplotlib.pyplot as plt
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from matplotlib import animation
 from IPython.display import HTML, display
 from .gmm import GMM, PRESETS, get_gmm, plot_density
@@ -98,6 +98,8 @@ def explore_noised(gm:GMM=None, # an extra mixture to offer first in the menu (t
                    sigma:float=0.3): # starting noise level
     "Interactive `plot_noised`: a log-scale σ slider, a preset menu and an arrows switch (needs a kernel)."
     from ipywidgets import interactive, FloatLogSlider, Dropdown, Checkbox
+    if isinstance(gm, str): gm = get_gmm(gm)
+    if gm is not None and not isinstance(gm, GMM): raise TypeError(f"gm must be a GMM or a preset name; got {type(gm).__name__}")
     targets = {name: get_gmm(name) for name in PRESETS}
     if gm is not None: targets = {(gm.name or 'custom'): gm, **{k: v for k, v in targets.items() if k != gm.name}}
     def show(target, sigma, show_score):
