@@ -12,12 +12,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file, safe_open
-from .core import append_dims, batch_sigma
+from .core import append_dims, batch_sigma, check_int, check_real
 from .gmm import GMM, get_gmm, plot_density
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT, CheckpointError, save_checkpoint, load_checkpoint, sha256_file
 
 # %% auto #0
-__all__ = ['FULL_SIZE', 'EDMDenoiser', 'MLP2d', 'sample_sigmas', 'train_denoiser', 'save_denoiser', 'load_denoiser',
-           'linear_denoiser', 'compare_denoisers', 'pretrained_denoiser']
+__all__ = ['FULL_SIZE', 'PRETRAINED_SHA256', 'EDMDenoiser', 'MLP2d', 'sample_sigmas', 'train_denoiser', 'save_denoiser',
+           'load_denoiser', 'linear_denoiser', 'compare_denoisers', 'pretrained_denoiser']
 
 # %% ../nbs/04_models2d.ipynb #b4c74054
 class EDMDenoiser(nn.Module):
@@ -41,8 +42,16 @@ class EDMDenoiser(nn.Module):
 
     def forward(self, x, sigma, **extra):
         "The denoiser contract: `x` `[B,d]` (any float dtype), `sigma` a number or `[B]` → E[x0|x] in `x`'s dtype."
+        if not torch.is_tensor(x) or x.is_complex() or not x.is_floating_point():
+            raise TypeError(f"x must be a real floating-point tensor [B, d]; got {getattr(x, 'dtype', type(x).__name__)}")
+        dim = getattr(self.inner, 'dim', None)
+        if dim is not None and (x.ndim != 2 or x.shape[1] != dim):
+            raise ValueError(f"x must have shape [B, {dim}] for this {dim}-d denoiser; got {tuple(x.shape)}")
         p = next(self.parameters())
-        s = batch_sigma(sigma, x).to(p.dtype).clamp_min(1e-20)   # σ=0 gives D=x (c_out=0) without log(0)
+        s = batch_sigma(sigma, x)                              # checked in x's precision, before the network's
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError(f"sigma must be finite and >= 0; got values in [{s.min().item():.4g}, {s.max().item():.4g}]")
+        s = s.to(p.dtype).clamp_min(1e-20)                                 # σ=0 gives D=x (c_out=0) without log(0)
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.get_scalings(s))
         xp = x.to(p.dtype)
         return (c_skip * xp + c_out * self.inner(c_in * xp, s.log() / 4, **extra)).to(x.dtype)
@@ -56,6 +65,8 @@ class MLP2d(nn.Module):
                  n_freqs:int=8, # sinusoidal features of c_noise (each gives a sin and a cos)
                  x_freqs:int=4): # Fourier features 2^k, k < x_freqs, of each coordinate (0: raw x only)
         super().__init__()
+        dim, hidden, depth = check_int(dim, 'dim', lo=1), check_int(hidden, 'hidden', lo=1), check_int(depth, 'depth', lo=1)
+        n_freqs, x_freqs = check_int(n_freqs, 'n_freqs', lo=0), check_int(x_freqs, 'x_freqs', lo=0)
         self.dim, self.hidden, self.depth, self.n_freqs, self.x_freqs = dim, hidden, depth, n_freqs, x_freqs
         self.register_buffer('t_freqs', torch.exp(torch.linspace(0, math.log(16.), n_freqs)), persistent=False)
         self.register_buffer('x_scales', 2.**torch.arange(x_freqs), persistent=False)
@@ -84,8 +95,15 @@ def _data_sampler(data):
     if callable(data): return lambda n, g: torch.as_tensor(data(n, g)).float()
     raise TypeError(f"data must be a GMM, a function (n, generator) -> points, or an [N, d] tensor; got {type(data).__name__}")
 
+def _check_sigma_dist(dist, sigma_min, sigma_max, P_mean=-1.2, P_std=1.2):
+    if dist not in ('loguniform', 'lognormal'): raise ValueError(f"unknown sigma_dist {dist!r}; choose 'loguniform' or 'lognormal'")
+    check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
+    if not sigma_min < sigma_max: raise ValueError(f"sigma_min must be < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    check_real(P_mean, 'P_mean'); check_real(P_std, 'P_std', lo=0)
+
 def sample_sigmas(n, generator=None, dist='loguniform', sigma_min=0.002, sigma_max=80., P_mean=-1.2, P_std=1.2):
     "`n` training noise levels: log-uniform on [sigma_min, sigma_max], or EDM's log-normal(P_mean, P_std²)."
+    n = check_int(n, 'n', lo=1); _check_sigma_dist(dist, sigma_min, sigma_max, P_mean, P_std)
     if dist == 'loguniform':
         lo, hi = math.log(sigma_min), math.log(sigma_max)
         return (lo + (hi - lo) * torch.rand(n, generator=generator)).exp()
@@ -108,6 +126,13 @@ def train_denoiser(data, # a `GMM`, a sampler `fn(n, generator) -> [n, d]`, or a
                    model:nn.Module=None, # an `EDMDenoiser` to train; None: a new one around `MLP2d(**mlp_kw)`
                    **mlp_kw): # passed to `MLP2d` (hidden, depth, n_freqs, x_freqs)
     "Train a denoiser by EDM-weighted denoising score matching; returns (EMA model in eval mode, per-step losses)."
+    steps, batch, warmup = check_int(steps, 'steps', lo=1), check_int(batch, 'batch', lo=1), check_int(warmup, 'warmup', lo=1)
+    check_real(lr, 'lr', lo=0, lo_open=True); check_real(ema_max, 'ema_max', lo=0, hi=1)
+    if sigma_data is not None: check_real(sigma_data, 'sigma_data', lo=0, lo_open=True)
+    _check_sigma_dist(sigma_dist, sigma_min, sigma_max)
+    seed = check_int(seed, 'seed')
+    if num_threads is not None: check_int(num_threads, 'num_threads', lo=1)
+    if model is not None and not isinstance(model, EDMDenoiser): raise TypeError(f"model must be an EDMDenoiser or None; got {type(model).__name__}")
     sampler, g = _data_sampler(data), torch.Generator().manual_seed(seed)
     dim = sampler(2, g).shape[1]
     if sigma_data is None:
@@ -148,30 +173,51 @@ _FORMAT = 'dmlearn.models2d/1'
 _INNER = {'MLP2d': MLP2d}
 
 def save_denoiser(model:EDMDenoiser, # a trained model
-                  path, # where to write the `.safetensors` file
+                  path, # where to write the `.safetensors` file (written atomically; an existing file keeps its mode)
                   info:dict=None): # extra JSON-able provenance (default: `model.info` from `train_denoiser`)
-    "Save an `EDMDenoiser` as safetensors, with its config (and provenance) as JSON metadata."
+    "Save an `EDMDenoiser` as a verified checkpoint (`dmlearn.checkpoint`): weights, config and provenance, with a sha256."
+    if not isinstance(model, EDMDenoiser): raise TypeError(f"model must be an EDMDenoiser; got {type(model).__name__}")
     info = info if info is not None else getattr(model, 'info', {})
-    meta = {'format': _FORMAT, 'config': json.dumps(model.config), 'info': json.dumps(info)}
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
-    return Path(path)
+    return save_checkpoint(path, dict(model.state_dict()), {'kind': _FORMAT, 'model': model.config}, info)
 
-def load_denoiser(path):
-    "Load a model written by `save_denoiser` (eval mode, gradients off)."
+def _build(path, cfg, state):
+    "The `EDMDenoiser` described by `cfg`, with weights `state`; a clear error naming `path` for a bad config."
+    try:
+        inner_cfg = dict(cfg['inner']); cls = _INNER[inner_cfg.pop('class')]
+        with torch.random.fork_rng(devices=[]):             # the initial weights are thrown away: leave torch's global RNG alone
+            model = EDMDenoiser(cls(**inner_cfg), cfg['sigma_data'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its model config is damaged or unknown ({type(e).__name__}: {e}); config {cfg!r}") from None
+    try: model.load_state_dict(state)
+    except RuntimeError as e: raise ValueError(f"{path}: the weights do not fit the model config ({e})") from None
+    return model
+
+def load_denoiser(path, # a file written by `save_denoiser`
+                  expected_sha256:str=None): # if given: the sha256 of the whole file must match (shipped checkpoints)
+    "Load and verify a model written by `save_denoiser` (eval mode, gradients off); torch's global RNG is left as it was."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no denoiser checkpoint at {path}")
     try:
         with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-    if meta.get('format') != _FORMAT:
-        raise ValueError(f"{path} is a safetensors file but not a dmlearn denoiser (metadata format {meta.get('format')!r})")
-    cfg = json.loads(meta['config'])
-    inner_cfg = dict(cfg['inner']); cls = _INNER[inner_cfg.pop('class')]
-    model = EDMDenoiser(cls(**inner_cfg), cfg['sigma_data'])
-    model.load_state_dict(state)
-    model.info = json.loads(meta.get('info', '{}'))
+    if meta.get('format') == CHECKPOINT_FORMAT:             # a verified checkpoint: sha256 over the tensors
+        ck = load_checkpoint(path, expected_sha256)
+        if not isinstance(ck.config, dict) or ck.config.get('kind') != _FORMAT or 'model' not in ck.config:
+            raise ValueError(f"{path} is a dmlearn checkpoint but not a dmlearn denoiser (config kind {ck.config.get('kind') if isinstance(ck.config, dict) else ck.config!r})")
+        cfg, state, info = ck.config['model'], ck.tensors, ck.info
+    elif meta.get('format') == _FORMAT:                     # the first format: no hash inside (a file hash can still be asked for)
+        if expected_sha256 is not None and (got := sha256_file(path)) != expected_sha256:
+            raise CheckpointError(f"{path}: file sha256 {got[:16]}… does not match the expected {expected_sha256[:16]}…")
+        try: state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+        try: cfg, info = json.loads(meta['config']), json.loads(meta.get('info', '{}'))
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: its metadata is damaged ({type(e).__name__}: {e})") from None
+    else: raise ValueError(f"{path} is a safetensors file but not a dmlearn denoiser (metadata format {meta.get('format')!r})")
+    model = _build(path, cfg, state)
+    model.info = info
     return model.eval().requires_grad_(False)
 
 # %% ../nbs/04_models2d.ipynb #33f3f0ae
@@ -179,6 +225,8 @@ def linear_denoiser(mean, # data mean `[d]`
                     cov): # data covariance `[d, d]`
     "The best affine denoiser m + C(C+σ²I)⁻¹(x-m) of data with this mean and covariance (the Gaussian one)."
     mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+    if mean.ndim != 1: raise ValueError(f"mean must have shape [d]; got {tuple(mean.shape)}")
+    if cov.shape != (len(mean), len(mean)): raise ValueError(f"cov must have shape [{len(mean)}, {len(mean)}] to match the mean; got {tuple(cov.shape)}")
     lam, U = torch.linalg.eigh(cov)
     def denoiser(x, sigma, **extra):
         s2 = append_dims(batch_sigma(sigma, x), 2).to(lam.dtype)**2
@@ -210,8 +258,14 @@ FULL_SIZE = dict(steps=8000, batch=512, lr=2e-3)   # the setting of the shipped 
 def _pretrained_path(name):
     return files('dmlearn') / 'data' / f'mlp_{name}.safetensors'
 
+PRETRAINED_SHA256 = {   # sha256 of each shipped file: a damaged or swapped file is refused (rebuilding them changes these)
+    'ring': 'dca98c9d2e7811bd1e0c0b1c28df4340253cc0e88463af142868c110ed7daabd',
+    'grid': '8eb1fd3549ae7f88af3582dec06b51acfd38c4a08be361b5016077f900f75542',
+    'hard': '6dc435f5e20a0357e8c70062c98daa1f6f082bdb170645c8aae14041b730d1e7',
+}
+
 def pretrained_denoiser(name:str='ring'): # a preset name: 'ring', 'grid' or 'hard'
-    "The shipped full-size MLP denoiser trained on preset `name` (see `FULL_SIZE`)."
-    if name not in ('ring', 'grid', 'hard'):
+    "The shipped full-size MLP denoiser trained on preset `name` (see `FULL_SIZE`), verified against `PRETRAINED_SHA256`."
+    if name not in PRETRAINED_SHA256:
         raise ValueError(f"no pretrained denoiser for {name!r}; choose one of ring, grid, hard")
-    return load_denoiser(_pretrained_path(name))
+    return load_denoiser(_pretrained_path(name), expected_sha256=PRETRAINED_SHA256[name])
