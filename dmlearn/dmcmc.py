@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 import torch
-import matplotlib.pyplot as plt
-from .core import CountNFE, append_dims, batch_sigma, check_finite, randn_like
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import CountNFE, append_dims, batch_sigma, check_finite, randn_like, check_model_output
 from .samplers import Start, StartOut, Samples, GaussianStart, generate, get_sampler, make_sigmas, steps_for_nfe
 
 # %% auto #0
@@ -145,7 +145,7 @@ def run_dlg(model, # the denoiser `model(x, sigma[B]) -> D`
     sig = posterior.sigmas.to(x); calls = 0
     for i in range(n_steps):
         s = sig[level]
-        den = model(x, s)                                                                   # one NFE
+        den = check_model_output(model(x, s), x, f"the model's output at chain step {i}")  # one NFE
         x = ula_step(x, den, s, step_size, randn_like(x, generator))                        # x | σ̂: Langevin
         check_finite(x, f"the chain state after step {i} (step_size={step_size:g} too large for the data?)")
         if level_update != 'fixed': level = posterior.update(x, level_update, generator); calls += 1   # σ̂ | x
@@ -200,6 +200,11 @@ class DLGStart(Start):
             x = x + self.renoise * randn_like(x, generator)                              # l.2: re-noise
             level = post.update(x, self.level_update, generator)                         # l.3: read off the level
         else: level = torch.full((C,), int(sig.argmax()), device=device)
+        s_med = sig[level].median().item()                                               # where the chains start
+        for what, eta in (('step_size', self.step_size), ('burn_in_step_size', self.burn_in_step_size)):
+            if eta >= 2 * s_med**2:
+                raise ValueError(f"{what}={eta:g} >= 2σ̂² = {2 * s_med**2:.3g} at σ̂ = {s_med:.3g}, the median level the chains start from: "
+                                 f"the Langevin step is unstable where the chains are (use {what} < {2 * s_med**2:.3g})")
         n_init, n_post = m.nfe, int(self.init_nfe > 0)
         # l.4: burn-in
         x, level, c = run_dlg(m, post, x, level, self.burn_in, self.burn_in_step_size, self.level_update, generator=generator, callback=self._cb('burn_in'))
@@ -227,7 +232,7 @@ class DLGStart(Start):
 def tweedie_step(model, x, eps=0.002):
     "The final Tweedie denoise at a tiny level ε: x + ε² ∇log p_ε(x) = D(x; ε) (one NFE; DMCMC's `twd_eps`)."
     eps = _check_num('tweedie eps', eps)
-    return check_finite(model(x, batch_sigma(eps, x)), 'the Tweedie step')
+    return check_finite(check_model_output(model(x, batch_sigma(eps, x)), x, "the model's output at the Tweedie step"), 'the Tweedie step')
 
 @dataclass
 class DMCMCSamples(Samples):
@@ -324,6 +329,7 @@ def plot_dlg(gm=None, # the true mixture (default: the ring)
 
 def explore_dlg(gm=None, n=1000): # the true mixture (default: the ring); outputs per draw
     "Sliders for `plot_dlg`: η, K, chain length, path and total NFE (needs a kernel)."
+    n = _check_num('n', n, integer=True)
     from ipywidgets import interact, FloatLogSlider, IntSlider, Dropdown
     from dmlearn.samplers import SAMPLERS
     def show(step_size, n_skip, chain_length, sampler, nfe):
