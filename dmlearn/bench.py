@@ -86,11 +86,13 @@ def time_ours(name, # a key of `PAIRS`
               steps, x, # number of steps; a batch N(0, I) of the shape to time
               repeats=5):
     "Best wall time (s) of our sampler `name` on the matching scheduler's grid, and its NFE."
+    _check_repeats(repeats)
     loop, nfe = _ours(name, steps, x)
     return min(_clock(loop) for _ in range(repeats)), nfe
 
 def time_diffusers(name, steps, x, repeats=5):
     "Best wall time (s) of diffusers' loop for scheduler `name` (`set_timesteps` outside the timer), and its NFE."
+    _check_repeats(repeats)
     reset, loop, nfe = _diffusers(name, steps, x)
     best = float('inf')
     with warnings.catch_warnings():
@@ -98,8 +100,12 @@ def time_diffusers(name, steps, x, repeats=5):
         for _ in range(repeats): reset(); best = min(best, _clock(loop))
     return best, nfe
 
+def _check_repeats(repeats):
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1: raise ValueError(f"repeats must be a positive integer; got {repeats!r}")
+
 def time_calls(fn, x, nfe, repeats=5):
     "Best wall time (s) of `nfe` calls `fn(x)`."
+    _check_repeats(repeats)
     def loop():
         for _ in range(nfe): fn(x)
     return min(_clock(loop) for _ in range(repeats))
@@ -111,9 +117,13 @@ def bench_overhead(steps=50, # sampling steps N (Heun and KDPM2 make 2N-1 model 
                    repeats=5, # repetitions of each loop; the minimum is kept
                    algorithms=None, # keys of `PAIRS`; None = all
                    threads=1, # torch threads during the measurement
-                   seed=0):
+                   seed=0,
+                   _check_only=False): # only validate the arguments (the command line does, before measuring)
     "Per-call time of our samplers and of diffusers' loops for the same algorithms: a list of rows."
-    if int(steps) != steps or steps < 2: raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 2: raise ValueError(f"steps must be an integer >= 2; got {steps}")
+    T = BETAS['num_train_timesteps']
+    if steps > T: raise ValueError(f"steps must be <= {T}: the schedulers are built on a {T}-step DDPM table; got {steps}")
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1: raise ValueError(f"threads must be a positive integer; got {threads}")
     if int(batch) != batch or batch < 1: raise ValueError(f"batch must be a positive integer; got {batch}")
     if int(repeats) != repeats or repeats < 1: raise ValueError(f"repeats must be a positive integer; got {repeats}")
     shape = tuple(int(d) for d in shape)
@@ -121,6 +131,7 @@ def bench_overhead(steps=50, # sampling steps N (Heun and KDPM2 make 2N-1 model 
     names = list(PAIRS) if algorithms is None else list(algorithms)
     for a in names:
         if a not in PAIRS: raise ValueError(f"unknown algorithm {a!r}; choose from {', '.join(PAIRS)}")
+    if _check_only: return []
     from dmlearn.core import check_finite
     old = torch.get_num_threads(); torch.set_num_threads(int(threads))
     try:
@@ -160,14 +171,19 @@ def format_overhead(rows, target=TARGET_RATIO):
     return '\n'.join(lines)
 
 # %% ../nbs/12_bench.ipynb #651ed159
+class _Parser(argparse.ArgumentParser):
+    "Usage errors as one line on stderr and exit status 2, without the usage block or a traceback."
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr); sys.exit(2)
+
 def _shape(s):
     try: return tuple(int(d) for d in s.split(','))
     except ValueError: raise argparse.ArgumentTypeError(f"a shape is comma-separated integers such as 3,32,32; got {s!r}")
 
 def main(argv=None):
     "`python -m dmlearn.bench overhead ...`: print the overhead tables."
-    p = argparse.ArgumentParser(prog='python -m dmlearn.bench', description='Sampler overhead against diffusers.')
-    sub = p.add_subparsers(dest='cmd', required=True)
+    p = _Parser(prog='python -m dmlearn.bench', description='Sampler overhead against diffusers.')
+    sub = p.add_subparsers(dest='cmd', required=True, parser_class=_Parser)
     o = sub.add_parser('overhead', help="µs per model call with a near-free model, ours vs diffusers' scheduler loop")
     o.add_argument('--steps', type=int, default=50)
     o.add_argument('--batch', type=int, default=16)
@@ -176,7 +192,11 @@ def main(argv=None):
     o.add_argument('--algorithms', nargs='+', choices=list(PAIRS))
     o.add_argument('--threads', type=int, default=1)
     a = p.parse_args(argv)
-    for shape in a.shape or [(2,), (3, 32, 32)]:
+    shapes = a.shape or [(2,), (3, 32, 32)]
+    for shape in shapes:                      # every argument is checked before the first measurement
+        try: bench_overhead(a.steps, a.batch, shape, a.repeats, a.algorithms, a.threads, _check_only=True)
+        except ValueError as e: p.error(str(e))
+    for shape in shapes:
         rows = bench_overhead(a.steps, a.batch, shape, a.repeats, a.algorithms, a.threads)
         print(format_overhead(rows)); print()
     return 0

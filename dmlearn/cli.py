@@ -4,15 +4,17 @@
 
 # %% ../nbs/90_cli.ipynb #15d6d2ca
 from __future__ import annotations
-import argparse, json, math, os, sys, tempfile, time
+import argparse, importlib, json, math, os, sys, tempfile, time
 from pathlib import Path
 import torch
+from .core import check_int, check_real
 from .gmm import PRESETS, get_gmm
-from .samplers import SAMPLERS, load_samplers, get_sampler, generate, steps_for_nfe
+from .samplers import SAMPLERS, BudgetError, load_samplers, get_sampler, generate, steps_for_nfe
 from .schedules import SCHEDULES
+from .checkpoint import atomic_write
 
 # %% auto #0
-__all__ = ['METRICS', 'compare', 'format_table', 'plot_compare', 'main']
+__all__ = ['METRICS', 'COMMAND_MODULES', 'compare', 'format_table', 'plot_compare', 'main']
 
 # %% ../nbs/90_cli.ipynb #f0052dfa
 def _metric_fns():
@@ -38,13 +40,24 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`
     "Run each sampler at each NFE budget on the exact denoiser of `target`; return a JSON-ready dict of scores."
     load_samplers()
     if target not in PRESETS: raise ValueError(f"unknown target {target!r}; choose one of {', '.join(PRESETS)}")
+    if isinstance(samplers, str): samplers = [samplers]
     names = list(SAMPLERS) if samplers is None else list(samplers)
+    if not names: raise ValueError("samplers names no sampler; give at least one of " + ', '.join(SAMPLERS))
     for s in names:
         if s not in SAMPLERS: raise ValueError(f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
     if schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if metric not in METRICS: raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if not nfe or any(int(b) != b or b < 1 for b in nfe): raise ValueError(f"NFE budgets must be positive integers; got {list(nfe)}")
-    if int(n) != n or n < 2: raise ValueError(f"n must be an integer >= 2; got {n}")
+    if isinstance(nfe, (int, float, str)) or not nfe: raise ValueError(f"nfe must be a list of NFE budgets (positive integers); got {nfe!r}")
+    try: nfe = [check_int(b, 'nfe', lo=1) for b in nfe]
+    except ValueError: raise ValueError(f"NFE budgets (nfe) must be positive integers; got {nfe!r}") from None
+    n = check_int(n, 'n', lo=2)
+    seed = check_int(seed, 'seed', lo=0)
+    check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
+    budgets = {}                                            # every (sampler, budget) is checked before the first sample is drawn
+    for s in names:
+        for b in nfe:
+            try: budgets[s, int(b)] = steps_for_nfe(s, int(b))
+            except BudgetError: budgets[s, int(b)] = None     # below the sampler's minimum: a blank cell
     gm, (mname, mfn) = get_gmm(target), _metric_fns()[metric]
     ref = gm.sample(n, generator=torch.Generator().manual_seed(seed + 1))
     floor = mfn(gm.sample(n, generator=torch.Generator().manual_seed(seed + 2)), gm, ref, torch.Generator().manual_seed(seed + 3))
@@ -52,8 +65,7 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`
     for s in names:
         t0 = time.time(); rows[s] = {}
         for b in nfe:
-            try: steps_for_nfe(s, int(b))
-            except ValueError: rows[s][int(b)] = None; continue       # budget below the sampler's minimum
+            if budgets[s, int(b)] is None: rows[s][int(b)] = None; continue   # budget below the sampler's minimum
             out = generate(gm, n, sampler=s, nfe=int(b), schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
                            generator=torch.Generator().manual_seed(seed))
             rows[s][int(b)] = {'value': mfn(out.x, gm, ref, torch.Generator().manual_seed(seed + 3)), 'nfe': out.nfe}
@@ -81,8 +93,11 @@ def format_table(res):
 # %% ../nbs/90_cli.ipynb #110f445a
 def plot_compare(res, ax=None):
     "Metric vs NFE (log-log) for each sampler, with the noise floor; returns the axis."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 4), dpi=80)
+    if ax is None:                     # pyplot only for a new figure; the console script draws on its own Figure
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(6, 4), dpi=80)
+    if not isinstance(res, dict) or not {'rows', 'floor', 'metric_name', 'target', 'n', 'schedule'} <= set(res):
+        raise ValueError("res must be the dict returned by compare (keys rows, floor, metric_name, target, n, schedule)")
     for s, row in res['rows'].items():
         pts = [(r['nfe'], r['value']) for r in row.values() if r is not None]
         if pts: ax.plot(*zip(*pts), 'o-', ms=3, label=s)
@@ -93,23 +108,51 @@ def plot_compare(res, ax=None):
 
 # %% ../nbs/90_cli.ipynb #6278e71e
 class _Parser(argparse.ArgumentParser):
+    "Usage errors as one line on stderr and exit status 2, without the usage block or a traceback."
     def error(self, message):
         print(f"{self.prog}: error: {message}", file=sys.stderr); sys.exit(2)
 
-def _atomic_write(path, write):
-    path = Path(path)
-    if not path.parent.exists(): raise ValueError(f"the folder of {str(path)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try: write(tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+def _check_writable(path, what):
+    "Raise a `ValueError` saying why `path` cannot be written, by actually creating (and removing) a file beside it."
+    p = Path(path)
+    if p.is_dir(): raise ValueError(f"{what} {str(path)!r} is a directory; give a file name")
+    if not p.parent.exists(): raise ValueError(f"the folder of {str(path)!r} does not exist")
+    if not p.parent.is_dir(): raise ValueError(f"the folder of {str(path)!r} is not a folder (it is a file)")
+    try: tempfile.TemporaryFile(dir=p.parent, prefix='.dmlearn-probe-').close()
+    except OSError as e: raise ValueError(f"cannot write {what} {str(path)!r}: its folder refuses new files ({e.strerror or e})") from None
 
 def _ints(s):
     try: v = [int(x) for x in s.replace(',', ' ').split()]
     except ValueError: raise argparse.ArgumentTypeError(f"expected whole numbers like '5,10,20'; got {s!r}")
     if not v or min(v) < 1: raise argparse.ArgumentTypeError(f"NFE budgets must be positive; got {s!r}")
     return v
+
+COMMAND_MODULES = ('dmlearn.train', 'dmlearn.images', 'dmlearn.docs')   # modules that add subcommands: each has add_commands(subparsers) (see "Adding commands" below)
+
+def _run_list(a, p):
+    for name, info in SAMPLERS.items(): print(f"sampler   {name:16s} order {info.order}  {'stochastic' if info.is_stochastic() else 'deterministic'}  {info.description}")
+    print('targets  ', ', '.join(PRESETS)); print('schedules', ', '.join(SCHEDULES)); print('metrics  ', ', '.join(METRICS))
+    return 0
+
+def _run_compare(a, p):
+    samplers = None if a.samplers is None else [s.strip() for s in a.samplers.split(',') if s.strip()]
+    if samplers == []: p.error(f"--samplers {a.samplers!r} names no sampler; choose from {', '.join(SAMPLERS)}")
+    try:
+        if a.plot and Path(a.plot).suffix.lower() not in ('.png', '.pdf', '.svg'): raise ValueError(f"--plot must end in .png, .pdf or .svg; got {a.plot!r}")
+        if a.json and a.plot and Path(a.json).resolve() == Path(a.plot).resolve(): raise ValueError("--json and --plot name the same file")
+        for f, what in ((a.json, '--json'), (a.plot, '--plot')):    # before the run, not after it
+            if f: _check_writable(f, what)
+        res = compare(a.target, a.nfe, a.n, a.seed, samplers, a.schedule, a.metric, progress=a.progress)
+    except ValueError as e: p.error(str(e))
+    print(format_table(res))
+    try:
+        if a.json: atomic_write(a.json, lambda t: Path(t).write_text(json.dumps(res, indent=1)))
+        if a.plot:
+            from matplotlib.figure import Figure           # no pyplot: the caller's backend is left alone
+            fig = Figure(figsize=(6, 4), dpi=80); plot_compare(res, ax=fig.subplots())
+            atomic_write(a.plot, lambda t: fig.savefig(t, format=Path(a.plot).suffix[1:].lower(), bbox_inches='tight'))
+    except OSError as e: p.error(f"writing the results failed: {e}")
+    return 0
 
 def main(argv=None):
     "Entry point of the `dmlearn` console script."
@@ -127,28 +170,20 @@ def main(argv=None):
     c.add_argument('--json', default=None, metavar='PATH', help='also write the results as JSON')
     c.add_argument('--plot', default=None, metavar='PATH', help='also write a figure (png, pdf, svg)')
     c.add_argument('--progress', action='store_true', help='print timing per sampler to stderr')
-    sub.add_parser('list', help='list samplers, targets, schedules and metrics')
+    c.set_defaults(run=_run_compare)
+    sub.add_parser('list', help='list samplers, targets, schedules and metrics').set_defaults(run=_run_list)
+    for m in COMMAND_MODULES:                             # plugins: each adds its own subcommands
+        try: mod = importlib.import_module(m)
+        except ImportError as e: print(f"dmlearn: warning: command module {m!r} not loaded ({e})", file=sys.stderr); continue
+        if not callable(getattr(mod, 'add_commands', None)):
+            print(f"dmlearn: warning: command module {m!r} has no add_commands(subparsers)", file=sys.stderr); continue
+        mod.add_commands(sub)
     a = p.parse_args(argv)
-    if a.cmd is None: p.print_help(); return 0
-    if a.cmd == 'list':
-        for name, info in SAMPLERS.items(): print(f"sampler   {name:16s} order {info.order}  {'stochastic' if info.is_stochastic() else 'deterministic'}  {info.description}")
-        print('targets  ', ', '.join(PRESETS)); print('schedules', ', '.join(SCHEDULES)); print('metrics  ', ', '.join(METRICS))
-        return 0
-    samplers = None if a.samplers is None else [s.strip() for s in a.samplers.split(',') if s.strip()]
-    try:
-        if a.plot and Path(a.plot).suffix.lower() not in ('.png', '.pdf', '.svg'): raise ValueError(f"--plot must end in .png, .pdf or .svg; got {a.plot!r}")
-        for f in (a.json, a.plot):
-            if f and not Path(f).parent.exists(): raise ValueError(f"the folder of {f!r} does not exist")
-        res = compare(a.target, a.nfe, a.n, a.seed, samplers, a.schedule, a.metric, progress=a.progress)
-    except ValueError as e: p.error(str(e))
-    print(format_table(res))
-    if a.json: _atomic_write(a.json, lambda t: Path(t).write_text(json.dumps(res, indent=1)))
-    if a.plot:
-        import matplotlib; matplotlib.use('agg'); import matplotlib.pyplot as plt
-        ax = plot_compare(res)
-        _atomic_write(a.plot, lambda t: ax.figure.savefig(t, format=Path(a.plot).suffix[1:], bbox_inches='tight')); plt.close(ax.figure)
-    return 0
+    if getattr(a, 'run', None) is not None: return a.run(a, p)
+    p.print_help(); return 0
+
+# %% ../nbs/90_cli.ipynb #da163720
+import builtins
 
 # %% ../nbs/90_cli.ipynb #10b31e4e
-import builtins
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): sys.exit(main())   # not when run inside a notebook
