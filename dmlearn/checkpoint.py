@@ -91,9 +91,11 @@ def save_checkpoint(path, # where to write (`.safetensors`)
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in tensors.items()):
         raise TypeError("tensors must be a dict of name -> torch.Tensor")
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    try: meta = {'format': FORMAT, 'config': json.dumps(config), 'info': json.dumps(info or {}), 'sha256': tensors_sha256(tensors)}
+    try: head = json.dumps({'format': FORMAT, 'config': config, 'info': info or {}, 'sha256': tensors_sha256(tensors)})
     except TypeError as e: raise TypeError(f"config and info must be JSON-serialisable ({e})") from None
-    return atomic_write(path, lambda t: save_file(tensors, t, metadata=meta))
+    # one metadata key: safetensors stores its metadata in a hash map whose order changes from process to process,
+    # so with several keys the same checkpoint written twice would not be the same bytes
+    return atomic_write(path, lambda t: save_file(tensors, t, metadata={'dmlearn': head}))
 
 def load_checkpoint(path, # a file written by `save_checkpoint`
                     expected_sha256:str=None, # if given: the sha256 of the whole file must match
@@ -109,11 +111,18 @@ def load_checkpoint(path, # a file written by `save_checkpoint`
         tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-    if meta.get('format') != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a dmlearn checkpoint (format {meta.get('format')!r})")
-    try: config, info = json.loads(meta['config']), json.loads(meta.get('info', '{}'))
+    try:
+        if 'dmlearn' in meta:                               # one JSON record (files written since the first release)
+            meta = json.loads(meta['dmlearn'])
+            if not isinstance(meta, dict): raise json.JSONDecodeError('not a JSON object', '', 0)
+        elif meta.get('format') == FORMAT:                  # the first release's layout: one key per field
+            meta = {**meta, 'config': json.loads(meta['config']), 'info': json.loads(meta.get('info', '{}'))}
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: its metadata is damaged ({type(e).__name__}: {e})") from None
+    if meta.get('format') != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a dmlearn checkpoint (format {meta.get('format')!r})")
+    if 'config' not in meta: raise CheckpointError(f"{path}: its metadata is damaged (no config)")
+    config, info = meta['config'], meta.get('info', {})
     got = tensors_sha256(tensors)
     if got != meta.get('sha256'):
         raise CheckpointError(f"{path}: the tensors' sha256 {got[:16]}… does not match the one recorded in the file "

@@ -201,7 +201,7 @@ def load_denoiser(path, # a file written by `save_denoiser`
         with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-    if meta.get('format') == CHECKPOINT_FORMAT:             # a verified checkpoint: sha256 over the tensors
+    if 'dmlearn' in meta or meta.get('format') == CHECKPOINT_FORMAT:   # a verified checkpoint (either layout): sha256 over the tensors
         ck = load_checkpoint(path, expected_sha256)
         if not isinstance(ck.config, dict) or ck.config.get('kind') != _FORMAT or 'model' not in ck.config:
             raise ValueError(f"{path} is a dmlearn checkpoint but not a dmlearn denoiser (config kind {ck.config.get('kind') if isinstance(ck.config, dict) else ck.config!r})")
