@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from .checkpoint import atomic_write
+
 
 # %% auto #0
 __all__ = ['INCEPTION_WEIGHTS', 'inception_weights_path', 'inception', 'feature_name', 'to_uint8', 'iter_batches', 'FeatureStats',
@@ -176,10 +178,10 @@ def save_stats(path, stats, **source):
     meta = {'n': int(stats['n']), 'feature': stats.get('feature'), 'versions': _versions(),
             'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), **stats.get('source', {}), **source}
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp.npz')
-    np.savez(tmp, mu=np.asarray(stats['mu'], np.float64), sigma=np.asarray(stats['sigma'], np.float64), source=json.dumps(meta))
-    os.replace(tmp, path)                                              # atomic: never a half-written file
-    return path
+    def write(t):
+        with open(t, 'wb') as f:
+            np.savez(f, mu=np.asarray(stats['mu'], np.float64), sigma=np.asarray(stats['sigma'], np.float64), source=json.dumps(meta))
+    return atomic_write(path, write)                                   # never a half-written file
 
 def load_stats(path):
     "Statistics saved by `save_stats`: `{'mu', 'sigma', 'n', 'feature', 'source'}`."
