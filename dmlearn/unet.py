@@ -117,6 +117,7 @@ def load_unet(path, # a checkpoint written by `save_unet`
 # %% ../nbs/41_unet.ipynb #146b2c2a
 PRETRAINED = {     # name -> (file in dmlearn/data, sha256 of the file), written by `ship_run` (the training chapter)
     'digits': ('unet_digits.safetensors', '2da0015eebb800bcf2545e6cfb084128e2030e2d2bf1afa556d88b5c84566cfd'),
+    'fashion': ('unet_fashion.safetensors', 'b30a2a20fa47ef343c77d815d43cda56498c8a64cabf5f555462c6187b8cfa15'),
 }
 
 def pretrained_path(name:str):

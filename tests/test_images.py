@@ -30,9 +30,11 @@ def test_shipped_model_samples_recognisable_images(name):
     with torch.no_grad():
         p = clf(r.x.clamp(-1, 1)).softmax(-1)
         pn = clf(torch.randn(64, *m.sample_shape).clamp(-1, 1)).softmax(-1)
-    conf, classes = p.max(-1).values.mean().item(), p.argmax(-1).unique().numel()
-    assert classes >= 7, classes                                          # samples of many classes, not one blob
-    assert conf > 0.7 and conf > pn.max(-1).values.mean().item() + 0.1, (conf, pn.max(-1).values.mean().item())
+    share = lambda q: q.argmax(-1).bincount(minlength=q.shape[-1]).max().item() / len(q)
+    classes = p.argmax(-1).unique().numel()
+    # the training sets are class-balanced: samples must spread over the classes, where noise piles into one or two
+    assert classes >= 8 and share(p) <= 0.3, (classes, share(p))
+    assert share(pn) > 0.3, share(pn)                                    # the control: the check can fail
 
 def test_damaged_shipped_checkpoint_is_refused(tmp_path):
     src = pretrained_path('digits'); dst = tmp_path / src.name
