@@ -14,6 +14,7 @@ from .samplers import SAMPLERS, Start, StartOut, generate, get_sampler, load_sam
 from .checkpoint import atomic_write, CheckpointError
 from .unet import PRETRAINED, load_unet, pretrained_unet
 from .datasets import image_grid
+from .train import positive_int
 
 # %% auto #0
 __all__ = ['load_model', 'SeededNoise', 'SeededGaussianStart', 'ImageSamples', 'sample_images', 'plot_trajectory', 'add_commands',
@@ -130,29 +131,23 @@ def plot_trajectory(model, # an image denoiser
     return ax
 
 # %% ../nbs/44_images.ipynb #a57d306d
-def _pos_int(s):
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}")
-    if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}")
-    return v
-
 def add_commands(sub):
     "Add `dmlearn sample` and `dmlearn score` to the CLI's subparsers."
     s = sub.add_parser('sample', help='sample an image model to a PNG grid and a tensor file')
     s.add_argument('--model', required=True, help=f"shipped model ({', '.join(PRETRAINED) or 'none'}), a checkpoint file or a run directory")
     s.add_argument('--sampler', default='dpmpp_2m', help='a registered sampler (dmlearn list)')
-    s.add_argument('--nfe', type=_pos_int, default=10, help='NFE budget per sample')
-    s.add_argument('-n', '--num-samples', type=_pos_int, default=64, dest='num_samples', help='number of samples')
+    s.add_argument('--nfe', type=positive_int, default=10, help='NFE budget per sample')
+    s.add_argument('-n', '--num-samples', type=positive_int, default=64, dest='num_samples', help='number of samples')
     s.add_argument('--out', required=True, metavar='PNG|DIR', help='a PNG grid (the samples go to the same name .safetensors), '
                    'or a folder for sharded, resumable output (torchrun-ready)')
-    s.add_argument('--shard-size', type=_pos_int, default=1000, help='samples per shard (folder output)')
+    s.add_argument('--shard-size', type=positive_int, default=1000, help='samples per shard (folder output)')
     s.add_argument('--device', default=None, help='default: cuda:LOCAL_RANK if CUDA is available, else cpu')
-    s.add_argument('--batch', type=_pos_int, default=64, help='batch size (does not change the samples)')
+    s.add_argument('--batch', type=positive_int, default=64, help='batch size (does not change the samples)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--schedule', default='karras')
     s.add_argument('--sigma-max', type=float, default=None, help="default: 80, or the model's own sigma_max if smaller")
     s.add_argument('--sigma-min', type=float, default=None, help="default: 0.002, or the model's own sigma_min if larger")
-    s.add_argument('--nrow', type=_pos_int, default=None, help='images per row of the grid (default: a square)')
+    s.add_argument('--nrow', type=positive_int, default=None, help='images per row of the grid (default: a square)')
     s.add_argument('--force', action='store_true', help='overwrite existing output files')
     s.add_argument('--no-progress', action='store_true')
     s.set_defaults(run=_run_sample)
@@ -342,7 +337,7 @@ def _add_score(sub):
     c.add_argument('--ref', required=True, help="reference statistics (.npz), or cifar10:ROOT / folder:ROOT")
     c.add_argument('--out', default=None, help='the card (default DIR/card.json)')
     c.add_argument('--feature', default='inception', help="inception (FID) or tiny (a random test network: not an FID)")
-    c.add_argument('--batch', type=_pos_int, default=200)
+    c.add_argument('--batch', type=positive_int, default=200)
     c.add_argument('--device', default=None)
     c.add_argument('--force', action='store_true')
     c.set_defaults(run=_run_score)

@@ -16,7 +16,7 @@ from .checkpoint import save_checkpoint, load_checkpoint, CheckpointError
 from .unet import UNet, unet_denoiser, save_unet, load_unet
 
 # %% auto #0
-__all__ = ['sample_train_sigmas', 'edm_loss', 'TrainResult', 'train_unet', 'add_commands', 'load_run', 'ship_run']
+__all__ = ['sample_train_sigmas', 'edm_loss', 'TrainResult', 'train_unet', 'positive_int', 'add_commands', 'load_run', 'ship_run']
 
 # %% ../nbs/42_train.ipynb #75e8eb5d
 def sample_train_sigmas(n, generator=None, P_mean=-1.2, P_std=1.2):
@@ -156,7 +156,8 @@ def _csv_ints(s):
     if not v or min(v) < 1: raise argparse.ArgumentTypeError(f"expected positive integers; got {s!r}")
     return v
 
-def _pos_int(s):
+def positive_int(s):
+    "argparse type: a whole number >= 1, with a one-line usage error otherwise (shared by the image commands)."
     try: v = int(s)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}")
     if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer; got {s!r}")
@@ -168,16 +169,16 @@ def add_commands(sub):
     t.add_argument('--data', required=True, help="dataset: digits, fashion, cifar10 or folder")
     t.add_argument('--root', default=None, help='data folder (fashion: found automatically if installed; cifar10/folder: required)')
     t.add_argument('--out', required=True, metavar='DIR', help='run directory (checkpoints; resumed if it has one)')
-    t.add_argument('--steps', type=_pos_int, default=1000)
-    t.add_argument('--batch', type=_pos_int, default=64, help='batch size')
+    t.add_argument('--steps', type=positive_int, default=1000)
+    t.add_argument('--batch', type=positive_int, default=64, help='batch size')
     t.add_argument('--lr', type=float, default=1e-3)
-    t.add_argument('--ch', type=_pos_int, default=32, help='UNet channels at full resolution')
+    t.add_argument('--ch', type=positive_int, default=32, help='UNet channels at full resolution')
     t.add_argument('--ch-mult', type=_csv_ints, default=(1, 2, 2), help='channel multipliers per level, e.g. 1,2,2')
     t.add_argument('--ema', type=float, default=0.999, help='EMA decay')
     t.add_argument('--seed', type=int, default=0)
-    t.add_argument('--ckpt-every', type=_pos_int, default=500)
+    t.add_argument('--ckpt-every', type=positive_int, default=500)
     t.add_argument('--time-limit', type=float, default=None, metavar='SECONDS', help='stop and checkpoint after this long')
-    t.add_argument('--size', type=_pos_int, default=None, help='folder datasets: image side')
+    t.add_argument('--size', type=positive_int, default=None, help='folder datasets: image side')
     t.add_argument('--no-resume', action='store_true', help='start afresh even if the run directory has a checkpoint')
     t.add_argument('--no-progress', action='store_true')
     t.set_defaults(run=_run_train)
