@@ -4,15 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #e8913e3b
 from __future__ import annotations
-import math, operator
+import math, operator, threading, functools
+from contextlib import contextmanager
 import torch
 
 # %% auto #0
 __all__ = ['PREDICTION_TYPES', 'sigma_to_alpha', 'sigma_to_vp', 'vp_to_sigma', 'alphas_cumprod_to_sigmas',
            'sigmas_to_alphas_cumprod', 'append_dims', 'append_zero', 'batch_sigma', 'denoised_to_eps',
            'eps_to_denoised', 'denoised_to_score', 'score_to_denoised', 'denoised_to_v', 'v_to_denoised', 'to_d',
-           'as_denoiser', 'check_int', 'check_real', 'check_model_output', 'CountNFE', 'check_finite', 'Recorder',
-           'randn_like', 'default_noise_sampler', 'check_sigmas']
+           'as_denoiser', 'check_int', 'check_real', 'check_model_output', 'CountNFE', 'active_checks', 'check_finite',
+           'DeferredChecks', 'deferred_checks', 'flush_checks', 'Recorder', 'randn_like', 'default_noise_sampler',
+           'check_sigmas']
 
 # %% ../nbs/00_core.ipynb #a5af103a
 def sigma_to_alpha(sigma):
@@ -184,13 +186,63 @@ class CountNFE:
     def reset(self): self.nfe, self.n_evals = 0, 0; return self
     def __repr__(self): return f"CountNFE(nfe={self.nfe}, n_evals={self.n_evals})"
 
+_local = threading.local()                           # per thread: the stack of active `deferred_checks` blocks
+
+def active_checks():
+    "The innermost active `DeferredChecks`, or None outside `deferred_checks()`."
+    stack = getattr(_local, 'stack', None)
+    return stack[-1] if stack else None
+
+def _what(what): return what() if callable(what) else what
+
 def check_finite(t, what='tensor'):
-    "Raise a clear `FloatingPointError` if `t` has NaN or inf entries."
+    "Raise a clear `FloatingPointError` if `t` has NaN or inf entries (recorded instead inside `deferred_checks`)."
+    dc = active_checks()
+    if dc is not None: return dc.add(t, what)
     if torch.isfinite(t.sum()): return t          # fast path: a finite sum means no NaN/inf entry
     if not torch.isfinite(t).all():
         n = (~torch.isfinite(t)).sum().item()
-        raise FloatingPointError(f"{what} has {n} non-finite value(s) (NaN or inf) out of {t.numel()}")
+        raise FloatingPointError(f"{_what(what)} has {n} non-finite value(s) (NaN or inf) out of {t.numel()}")
     return t
+
+# %% ../nbs/00_core.ipynb #040e2658
+class DeferredChecks:
+    "Finiteness flags kept on the device, resolved together by `raise_if_bad` (one host-device synchronisation)."
+    def __init__(self): self.flags, self.whats = [], []
+    def add(self, t, what):
+        "Queue the check of `t` (`what`: its description, or a function returning it, built only on failure)."
+        self.flags.append(~torch.isfinite(t.detach().sum())); self.whats.append(what)
+        return t
+    def first_bad(self):
+        "The index of the first failed check, or None."
+        if not self.flags: return None
+        bad = torch.stack([f.to(self.flags[0].device) for f in self.flags])
+        idx = torch.nonzero(bad)                      # the one synchronisation
+        return int(idx[0, 0]) if len(idx) else None
+    def raise_if_bad(self, cause=None):
+        "Raise `FloatingPointError` naming the first failed check (chained to `cause`, the error that stopped the run)."
+        i, whats = self.first_bad(), self.whats
+        self.flags, self.whats = [], []
+        if i is not None: raise FloatingPointError(f"{_what(whats[i])} has non-finite values (NaN or inf)") from cause
+    def __len__(self): return len(self.flags)
+
+@contextmanager
+def deferred_checks():
+    "Inside this block `check_finite` queues its test on the device; the first failure raises when the block ends."
+    if active_checks() is not None:                   # nested: join the outer block, which resolves everything once
+        yield active_checks(); return
+    dc = DeferredChecks()
+    _local.__dict__.setdefault('stack', []).append(dc)
+    try: yield dc
+    except Exception as e:
+        _local.stack.pop(); dc.raise_if_bad(cause=e); raise
+    else:
+        _local.stack.pop(); dc.raise_if_bad()
+
+def flush_checks():
+    "Resolve the pending deferred checks now (one synchronisation); a no-op outside `deferred_checks()`."
+    dc = active_checks()
+    if dc is not None: dc.raise_if_bad()
 
 # %% ../nbs/00_core.ipynb #9425503a
 class Recorder:

@@ -4,27 +4,33 @@
 
 # %% ../nbs/10_samplers.ipynb #6c875dda
 from __future__ import annotations
-import math
+import math, functools
 from dataclasses import dataclass, field
 from typing import Callable
 import torch
 from tqdm import trange
 from .core import (append_dims, batch_sigma, to_d, check_sigmas, check_finite, default_noise_sampler, CountNFE,
-                          check_int, check_real, check_model_output)
+                          check_int, check_real, check_model_output, deferred_checks)
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'BASELINES', 'MAX_STEPS', 'step_ddpm', 'step_ddim', 'step_euler', 'sample_ddpm', 'sample_ddim',
-           'sample_euler', 'step_euler_maruyama', 'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'sample_heun',
-           'step_dpm_solver', 'sample_dpm_solver', 'step_dpmpp_2m', 'sample_dpmpp_2m', 'SamplerInfo',
-           'register_sampler', 'load_samplers', 'get_sampler', 'BudgetError', 'steps_for_nfe', 'StartOut', 'Start',
-           'GaussianStart', 'Samples', 'make_sigmas', 'generate']
+__all__ = ['SAMPLERS', 'BASELINES', 'MAX_STEPS', 'sigma_like', 'setup_sampler', 'notify', 'sampler_loop', 'HostSyncCounter',
+           'step_ddpm', 'step_ddim', 'step_euler', 'sample_ddpm', 'sample_ddim', 'sample_euler', 'step_euler_maruyama',
+           'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'sample_heun', 'step_dpm_solver', 'sample_dpm_solver',
+           'step_dpmpp_2m', 'sample_dpmpp_2m', 'SamplerInfo', 'register_sampler', 'load_samplers', 'get_sampler',
+           'BudgetError', 'steps_for_nfe', 'StartOut', 'Start', 'GaussianStart', 'Samples', 'make_sigmas', 'generate']
 
 # %% ../nbs/10_samplers.ipynb #81a5c2a3
-def _b(s, x):
+def sigma_like(s, x):
     "Broadcast a noise level (0-d or `[B]`) against the batch `x`."
     return s if s.ndim == 0 else append_dims(s, x.ndim)
 
-def _setup(model, x, sigmas, extra_args=None, generator=None, noise_sampler=None):
+def setup_sampler(model,              # the denoiser, `model(x, sigma[B], **extra_args) -> denoised`
+                  x,                  # the starting batch `[B, ...]`, already at noise level `sigmas[0]`
+                  sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, strictly decreasing, ending in 0
+                  extra_args=None,    # keyword arguments passed on to every model call
+                  generator=None,     # the `torch.Generator` all noise is drawn from
+                  noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+                 ):
     "Validate inputs; return (sigmas, denoise(x, sigma), noise_sampler)."
     if not torch.is_tensor(x) or x.ndim < 2: raise ValueError(f"x must be a batch tensor [B, ...]; got {getattr(x, 'shape', type(x))}")
     if x.is_complex() or not x.is_floating_point(): raise TypeError(f"x must be a real floating-point tensor; got dtype {x.dtype}")
@@ -34,12 +40,38 @@ def _setup(model, x, sigmas, extra_args=None, generator=None, noise_sampler=None
     def denoise(x, sigma):
         sigma = sigma.reshape(-1) if sigma.ndim > 0 else sigma
         out = model(x, batch_sigma(sigma, x), **extra_args)
-        what = f"the model's output at sigma={sigma.flatten()[0].item():.4g}"
-        return check_finite(check_model_output(out, x, what), what)
+        what = lambda: f"the model's output at sigma={sigma.flatten()[0].item():.4g}"   # built only for a message
+        return check_finite(check_model_output(out, x, "the model's output"), what)
     return sigmas, denoise, (noise_sampler or default_noise_sampler(x, generator))
 
-def _cb(callback, x, i, sigma, sigma_hat, denoised):
+def notify(callback, x, i, sigma, sigma_hat, denoised):
+    "Call k-diffusion's `callback` (if any) with its dict for step `i`."
     if callback is not None: callback({'x': x, 'i': i, 'sigma': sigma, 'sigma_hat': sigma_hat, 'denoised': denoised})
+
+def sampler_loop(fn):
+    "Decorate a sampler: run it without autograd, with its finiteness checks resolved once when it returns."
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad(), deferred_checks(): return fn(*args, **kwargs)
+    return run
+
+_setup, _b, _cb = setup_sampler, sigma_like, notify     # the names later chapters used before these were public
+
+# %% ../nbs/10_samplers.ipynb #a50c1361
+from torch.overrides import TorchFunctionMode
+
+class HostSyncCounter(TorchFunctionMode):
+    "Count the tensor → Python conversions (each a host-device synchronisation on a GPU) made inside the block."
+    SYNCS = frozenset({'__bool__', 'item', 'tolist', '__float__', '__int__', '__index__', '__format__', 'nonzero',
+                       'numpy', 'unique', 'masked_select', 'argwhere', '__array__'})
+    def __init__(self):
+        super().__init__(); self.calls = []
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name in self.SYNCS: self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+    @property
+    def count(self): return len(self.calls)
 
 # %% ../nbs/10_samplers.ipynb #a653d2ca
 def step_ddpm(x, denoised, sigma, sigma_next, noise=None, variance='fixed_small'):
@@ -71,35 +103,35 @@ def step_euler(x, denoised, sigma, sigma_next):
     return x + (sigma_next - sigma) * to_d(x, sigma, denoised) if sigma.ndim == 0 else x + (sigma_next - sigma) * (x - denoised) / sigma
 
 # %% ../nbs/10_samplers.ipynb #925b5b3d
-@torch.no_grad()
+@sampler_loop
 def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, variance='fixed_small'):
     "Ancestral sampling with the DDPM posterior (Ho et al. 2020, Algorithm 2)."
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        x = step_ddpm(x, den, _b(s, x), _b(sn, x), None if (sn == 0).all() else ns(s, sn), variance)
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        x = step_ddpm(x, den, sigma_like(s, x), sigma_like(sn, x), None if i == len(sigmas) - 2 else ns(s, sn), variance)
     return x
 
-@torch.no_grad()
+@sampler_loop
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, eta=0.):
     "DDIM (Song et al. 2021, Eq. 12) in σ-coordinates; `eta`=0 is deterministic."
     _check_eta(eta)
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        x = step_ddim(x, den, _b(s, x), _b(sn, x), eta, None if eta == 0 or (sn == 0).all() else ns(s, sn))
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        x = step_ddim(x, den, sigma_like(s, x), sigma_like(sn, x), eta, None if eta == 0 or i == len(sigmas) - 2 else ns(s, sn))
     return x
 
-@torch.no_grad()
+@sampler_loop
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
     "Euler steps on the probability-flow ODE (Karras et al. 2022, Eq. 1); equals DDIM with η=0."
-    sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        x = step_euler(x, den, _b(s, x), _b(sn, x))
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        x = step_euler(x, den, sigma_like(s, x), sigma_like(sn, x))
     return x
 
 # %% ../nbs/10_samplers.ipynb #a4e54656
@@ -108,14 +140,14 @@ def step_euler_maruyama(x, denoised, sigma, sigma_next, noise):
     dt = sigma - sigma_next
     return x + 2 * dt / sigma * (denoised - x) + (2 * sigma * dt).sqrt() * noise
 
-@torch.no_grad()
+@sampler_loop
 def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
     "Euler–Maruyama on the reverse SDE (Song et al. 2021); the last step is the Tweedie denoise."
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        x = den if (sn == 0).all() else step_euler_maruyama(x, den, _b(s, x), _b(sn, x), ns(s, sn))
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        x = den if i == len(sigmas) - 2 else step_euler_maruyama(x, den, sigma_like(s, x), sigma_like(sn, x), ns(s, sn))
     return x
 
 # %% ../nbs/10_samplers.ipynb #5c074251
@@ -132,19 +164,19 @@ def _check_pc(n_corrector=1, snr=0.16, norm='batch'):
     check_int(n_corrector, 'n_corrector', lo=0); check_real(snr, 'snr', lo=0, lo_open=True)
     if norm not in ('batch', 'sample'): raise ValueError(f"norm must be 'batch' or 'sample'; got {norm!r}")
 
-@torch.no_grad()
+@sampler_loop
 def sample_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, snr=0.16, n_corrector=1, norm='batch'):
     "Predictor–corrector: reverse-diffusion predictor + Langevin corrector (Song et al. 2021, Algorithms 2–3)."
     _check_pc(n_corrector, snr, norm)
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
-        s, sn = sigmas[i], sigmas[i + 1]; sb = _b(s, x)
+        s, sn = sigmas[i], sigmas[i + 1]; sb = sigma_like(s, x)
         for _ in range(int(n_corrector)):                                # corrector at σ_i
             score = (D(x, s) - x) / sb**2
             x = langevin_step(x, score, ns(s, s), snr, norm)
-        den = D(x, s); _cb(callback, x, i, s, s, den)                  # predictor σ_i → σ_{i+1}
-        if (sn == 0).all(): x = den; continue
-        d2 = sb**2 - _b(sn, x)**2
+        den = D(x, s); notify(callback, x, i, s, s, den)                  # predictor σ_i → σ_{i+1}
+        if i == len(sigmas) - 2: x = den; continue
+        d2 = sb**2 - sigma_like(sn, x)**2
         x = x + d2 * (den - x) / sb**2 + d2.sqrt() * ns(s, sn)
     return x
 
@@ -153,24 +185,24 @@ def _check_heun(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     check_real(s_churn, 's_churn', lo=0); check_real(s_noise, 's_noise', lo=0)
     check_real(s_tmin, 's_tmin', lo=0, allow_inf=True); check_real(s_tmax, 's_tmax', lo=0, allow_inf=True)
 
-@torch.no_grad()
+@sampler_loop
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                 s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     "Heun's method with optional churn (Karras et al. 2022, Algorithms 1 and 2)."
     _check_heun(s_churn, s_tmin, s_tmax, s_noise)
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     n = len(sigmas) - 1
     for i in trange(n, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
         # Alg. 2, l. 4–6: increase noise temporarily
         gamma = torch.where((s >= s_tmin) & (s <= s_tmax), min(s_churn / n, 2**0.5 - 1), 0.) if s_churn > 0 else torch.zeros_like(s)
         s_hat = s * (gamma + 1)
-        if s_churn > 0: x = x + _b((s_hat**2 - s**2).sqrt(), x) * s_noise * ns(s, s_hat)   # one draw per step, used where γ>0
-        den = D(x, s_hat); _cb(callback, x, i, s, s_hat, den)
-        d = (x - den) / _b(s_hat, x); dt = _b(sn - s_hat, x)
-        if (sn == 0).all(): x = x + d * dt; continue                     # Euler step into σ = 0
+        if s_churn > 0: x = x + sigma_like((s_hat**2 - s**2).sqrt(), x) * s_noise * ns(s, s_hat)   # one draw per step, used where γ>0
+        den = D(x, s_hat); notify(callback, x, i, s, s_hat, den)
+        d = (x - den) / sigma_like(s_hat, x); dt = sigma_like(sn - s_hat, x)
+        if i == len(sigmas) - 2: x = x + d * dt; continue                     # Euler step into σ = 0
         x2 = x + d * dt                                                  # Alg. 2, l. 7–8: Euler step
-        d2 = (x2 - D(x2, sn)) / _b(sn, x)                                # l. 9–11: 2nd-order correction
+        d2 = (x2 - D(x2, sn)) / sigma_like(sn, x)                                # l. 9–11: 2nd-order correction
         x = x + (d + d2) / 2 * dt
     return x
 
@@ -178,8 +210,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 def step_dpm_solver(denoise, x, sigma, sigma_next, order=2, eps=None):
     "One singlestep DPM-Solver-`order` step σ → σ_next > 0 in σ-coordinates (Lu et al. 2022, Algorithms 1–2)."
     _check_dpm_order(order)
-    e = lambda x, s: (x - denoise(x, s)) / _b(s, x)
-    b = lambda s: _b(s, x)
+    e = lambda x, s: (x - denoise(x, s)) / sigma_like(s, x)
+    b = lambda s: sigma_like(s, x)
     h = (sigma / sigma_next).log()                          # λ_s - λ_t
     eps_t = e(x, sigma) if eps is None else eps
     if order == 1: return x - b(sigma - sigma_next) * eps_t
@@ -200,37 +232,37 @@ def step_dpm_solver(denoise, x, sigma, sigma_next, order=2, eps=None):
 def _check_dpm_order(order):
     if isinstance(order, bool) or order not in (1, 2, 3): raise ValueError(f"DPM-Solver order must be 1, 2 or 3; got {order!r}")
 
-@torch.no_grad()
+@sampler_loop
 def sample_dpm_solver(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, order=2):
     "Singlestep DPM-Solver-1/2/3 in noise-prediction form (Lu et al. 2022); the step into σ=0 is first order."
     _check_dpm_order(order)
-    sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        if (sn == 0).all(): x = den; continue
-        x = step_dpm_solver(D, x, s, sn, order, eps=(x - den) / _b(s, x))
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        if i == len(sigmas) - 2: x = den; continue
+        x = step_dpm_solver(D, x, s, sn, order, eps=(x - den) / sigma_like(s, x))
     return x
 
 # %% ../nbs/10_samplers.ipynb #adbe7146
 def step_dpmpp_2m(x, denoised, sigma, sigma_next, old_denoised=None, sigma_prev=None):
     "One DPM-Solver++(2M) step σ → σ_next (Lu et al. 2022b, Algorithm 2)."
-    if (sigma_next == 0).all(): return denoised
-    h = (sigma / sigma_next).log()
+    h = (sigma / sigma_next).log()                     # inf on the step into σ = 0, whose answer is `denoised`
+    d = denoised
     if old_denoised is not None:
         r = (sigma_prev / sigma).log() / h
-        denoised = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-    return (sigma_next / sigma) * x - torch.expm1(-h) * denoised
+        d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+    return torch.where(sigma_next == 0, denoised, (sigma_next / sigma) * x - torch.expm1(-h) * d)   # no host sync
 
-@torch.no_grad()
+@sampler_loop
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
     "DPM-Solver++(2M) (Lu et al. 2022b)."
-    sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     old = None
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        x = step_dpmpp_2m(x, den, _b(s, x), _b(sn, x), old, None if old is None else _b(sigmas[i - 1], x))
+        den = D(x, s); notify(callback, x, i, s, s, den)
+        x = step_dpmpp_2m(x, den, sigma_like(s, x), sigma_like(sn, x), old, None if old is None else sigma_like(sigmas[i - 1], x))
         old = den
     return x
 
@@ -277,7 +309,7 @@ register_sampler('dpm_solver_3', sample_dpm_solver, lambda steps, order=3, **hp:
 register_sampler('dpmpp_2m', sample_dpmpp_2m, _one, 2, False, min_steps=2, description='DPM-Solver++(2M)')
 
 BASELINES = tuple(SAMPLERS)       # the samplers of this chapter; later chapters add theirs to SAMPLERS
-_PLUGINS = ('dmlearn.scire', 'dmlearn.ddim_gmm')
+_PLUGINS = ('dmlearn.scire', 'dmlearn.ddim_gmm', 'dmlearn.multistep', 'dmlearn.kdiff')
 
 def load_samplers():
     "Import the chapters that register samplers of their own; returns the registry."
@@ -377,7 +409,23 @@ def make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=torch.float64, **
     grids = torch.stack([get_sigmas(schedule, steps, sigma_min=sigma_min, sigma_max=u.item(), **kw).to(dtype) for u in uniq], 1)
     return grids[:, inv]
 
-def generate(model, n, sampler='heun', nfe=20, schedule='karras', start=None, *, shape=None, sigma_min=0.002, sigma_max=80.,
+def _explicit_grid(schedule):
+    "`schedule` as an explicit σ grid (a tensor, or a list/tuple of numbers), or None for a schedule's name."
+    if isinstance(schedule, str): return None
+    if torch.is_tensor(schedule) or (isinstance(schedule, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule)):
+        g = torch.as_tensor(schedule)
+        if g.ndim != 1: raise ValueError(f"an explicit schedule must be a 1-D σ grid [S+1]; got shape {tuple(g.shape)}")
+        if not g.is_floating_point(): g = g.double()
+        return check_sigmas(g)
+    raise ValueError(f"schedule must be a schedule's name or an explicit decreasing σ grid ending in 0; got {type(schedule).__name__}")
+
+def generate(model,                 # a denoiser `model(x, sigma[B]) -> denoised`
+             n,                     # the number of samples
+             sampler='heun',        # a registered sampler's name (`SAMPLERS`)
+             nfe=None,              # the path's budget of network calls (default 20; with an explicit grid, its cost)
+             schedule='karras',     # a schedule's name, or an explicit σ grid: a decreasing 1-D tensor ending in 0
+             start=None,            # a `Start` (default `GaussianStart(sigma_max)`, or at the explicit grid's first σ)
+             *, shape=None, sigma_min=0.002, sigma_max=80.,
              generator=None, dtype=torch.float64, device='cpu', callback=None, disable=True, schedule_kw=None,
              max_steps=MAX_STEPS, **hp):
     "Draw `n` samples: `start` (default `GaussianStart(sigma_max)`) + `sampler` with an NFE budget on a `schedule`."
@@ -392,14 +440,31 @@ def generate(model, n, sampler='heun', nfe=20, schedule='karras', start=None, *,
     check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
     if schedule_kw is not None and not isinstance(schedule_kw, dict): raise ValueError(f"schedule_kw must be a dict; got {type(schedule_kw).__name__}")
     hp = {**info.defaults, **hp}
-    steps = steps_for_nfe(sampler, nfe, max_steps, **hp)   # bad budgets and hyperparameters fail before the start runs
+    grid = _explicit_grid(schedule)
+    if grid is None: steps = steps_for_nfe(sampler, 20 if nfe is None else nfe, max_steps, **hp)   # bad budgets fail before the start runs
+    else:
+        if schedule_kw: raise ValueError("schedule_kw applies to a named schedule, not to an explicit σ grid")
+        steps = len(grid) - 1
+        if info.check is not None: info.check(**hp)
+        if steps < info.min_steps: raise BudgetError(f"sampler {sampler!r} needs at least {info.min_steps} steps; the explicit grid has {steps}")
+        cost = info.nfe(steps, **hp)
+        if nfe is not None and cost > check_int(nfe, 'nfe', lo=1):
+            raise BudgetError(f"sampler {sampler!r} spends {cost} NFE on the explicit grid's {steps} steps, over the budget nfe={nfe}")
     from dmlearn.schedules import get_sigmas, _OWN_RANGE
-    if start is None and schedule in _OWN_RANGE:      # the textbook start at the grid's own sigma_max
+    if grid is not None: sigma_max = grid[0].item()
+    elif start is None and schedule in _OWN_RANGE:    # the textbook start at the grid's own sigma_max
         sigma_max = get_sigmas(schedule, 1, **(schedule_kw or {}))[0].item()
     start = start or GaussianStart(sigma_max)
     if not callable(start): raise ValueError(f"start must be a Start (callable as start(n, shape, ...)); got {type(start).__name__}")
     so = start(n, tuple(shape), generator=generator, dtype=dtype, device=device)
-    sigmas = make_sigmas(schedule, steps, sigma_min, so.sigma, dtype=dtype, **(schedule_kw or {}))
+    if grid is None: sigmas = make_sigmas(schedule, steps, sigma_min, so.sigma, dtype=dtype, **(schedule_kw or {}))
+    else:
+        st = torch.as_tensor(so.sigma, dtype=torch.float64)
+        if st.ndim > 0 or not math.isclose(st.item(), sigma_max, rel_tol=1e-6):
+            raise ValueError(f"the explicit σ grid starts at {sigma_max:.6g} but the start is at sigma={st.flatten()[0].item():.6g}; "
+                             "give a grid that starts at the start's σ, or a schedule's name")
+        sigmas = grid.to(dtype=dtype, device=device)
     counted = CountNFE(model)
-    x = info.fn(counted, so.x, sigmas, callback=callback, disable=disable, generator=generator, **hp)
+    with deferred_checks():                           # the whole run synchronises once, after the last step
+        x = info.fn(counted, so.x, sigmas, callback=callback, disable=disable, generator=generator, **hp)
     return Samples(x, counted.nfe, dict(so.cost), sigmas, sampler)

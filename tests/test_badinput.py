@@ -93,6 +93,16 @@ case('core.check_model_output', 'None', lambda: check_model_output(None, X), T, 
 case('core.CountNFE', 'model returns a list', lambda: CountNFE(_model_returning(lambda x: x.tolist()))(X, 1.), T, 'got list')
 case('core.check_finite', 'NaN', lambda: check_finite(torch.tensor([NAN]), 'the batch'), FloatingPointError, 'the batch has 1 non-finite')
 case('core.Recorder', 'every=0', lambda: Recorder(every=0), V, 'every must be a positive integer')
+def _deferred_nan():
+    with deferred_checks(): check_finite(torch.tensor([NAN]), 'the batch')
+def _flush_nan():
+    with deferred_checks():
+        check_finite(torch.tensor([NAN]), 'the batch'); flush_checks(); raise AssertionError('flush_checks did not raise')
+def _queued_nan():
+    dc = DeferredChecks(); dc.add(torch.tensor([1., NAN]), lambda: 'the lazy batch'); dc.raise_if_bad()
+case('core.deferred_checks', 'NaN inside the block', _deferred_nan, FloatingPointError, 'the batch has non-finite values')
+case('core.flush_checks', 'NaN before the flush', _flush_nan, FloatingPointError, 'the batch has non-finite values')
+case('core.DeferredChecks', 'NaN queued', _queued_nan, FloatingPointError, 'the lazy batch has non-finite values')
 case('core.Recorder', 'every=2.5', lambda: Recorder(every=2.5), V, 'every must be a positive integer')
 case('core.randn_like', 'not a tensor', lambda: randn_like([1.]), (AttributeError, TypeError), '')
 case('core.default_noise_sampler', 'not a tensor', lambda: default_noise_sampler([1.])(1., 0.), (AttributeError, TypeError), '')
@@ -215,6 +225,16 @@ case('samplers.steps_for_nfe', 'too small', lambda: steps_for_nfe('dpm_solver_3'
 case('samplers.GaussianStart', 'sigma_max=-1', lambda: GaussianStart(-1.), V, 'sigma_max must be')
 case('samplers.GaussianStart', 'n=2.5', lambda: GaussianStart()(2.5, (2,)), V, 'n must be a positive integer')
 case('samplers.make_sigmas', 'start below sigma_min', lambda: make_sigmas('karras', 5, 0.1, 0.05), V, 'must exceed sigma_min')
+_G = torch.tensor([80., 10., 1., 0.], dtype=torch.float64)
+case('samplers.generate', 'explicit grid increasing', lambda: generate(RING, 4, schedule=torch.tensor([80., 1., 10., 0.])), V, 'strictly decreasing')
+case('samplers.generate', 'explicit grid without 0', lambda: generate(RING, 4, schedule=_G[:-1]), V, 'must end in 0')
+case('samplers.generate', 'explicit grid 2-D', lambda: generate(RING, 4, schedule=_G[:, None]), V, '1-D σ grid')
+case('samplers.generate', 'explicit grid over budget', lambda: generate(RING, 4, 'heun', nfe=3, schedule=_G), BudgetError, 'over the budget nfe=3')
+case('samplers.generate', 'explicit grid vs start', lambda: generate(RING, 4, schedule=_G, start=GaussianStart(5.)), V, 'starts at 80')
+case('samplers.generate', 'explicit grid of strings', lambda: generate(RING, 4, schedule=['a', 'b']), V, 'explicit decreasing σ grid')
+case('samplers.setup_sampler', 'x a list', lambda: setup_sampler(RING, [[1., 2.]], _G), V, 'x must be a batch tensor')
+case('samplers.setup_sampler', 'NaN start', lambda: setup_sampler(RING, torch.full((2, 2), NAN), _G), FloatingPointError, 'the starting batch x has 4 non-finite')
+case('samplers.sigma_like', 'a list', lambda: sigma_like([1.], X), AttributeError, 'ndim')
 case('samplers.generate', 'n=2.5', lambda: generate(RING, 2.5), V, 'n must be a positive integer')
 case('samplers.generate', 'n=0', lambda: generate(RING, 0), V, 'n must be a positive integer')
 case('samplers.generate', 'nfe=True', lambda: generate(RING, 4, nfe=True), V, 'nfe must be a positive integer')
@@ -357,7 +377,7 @@ def test_bad_input(fn, exc, text):
 EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
-    'SAMPLERS': 'the registry (a dict)', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
+    'SAMPLERS': 'the registry (a dict)', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
     'StartOut': 'a plain dataclass of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
