@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import CountNFE
 from .samplers import get_sampler, make_sigmas, steps_for_nfe
-from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, _dist_info, _shard_ok
+from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, _dist_info, _shard_ok, _pos
 from .checkpoint import atomic_write, save_checkpoint, load_checkpoint
 
 # %% auto #0
@@ -33,19 +33,6 @@ def image_model(den, # a denoiser from `load_pretrained` (its `.config` has `in_
     den.sample_shape, den.sha256 = tuple(shape), cfg.get('weights_sha256') or ''
     return den
 
-def _grid(schedule, steps, sigma_min, sigma_start, dtype, schedule_kw):
-    "A σ grid from the start's σ (a number or `[B]`): SciRE's 'nsr' or any name `make_sigmas` knows."
-    if schedule != 'nsr': return make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=dtype, **schedule_kw)
-    from dmlearn.scire import get_sigmas_nsr
-    st = torch.as_tensor(sigma_start, dtype=torch.float64).cpu()
-    if st.ndim == 0: return get_sigmas_nsr(steps, sigma_min, st.item(), **schedule_kw).to(dtype)
-    uniq, inv = torch.unique(st, return_inverse=True)
-    return torch.stack([get_sigmas_nsr(steps, sigma_min, u.item(), **schedule_kw) for u in uniq], 1)[:, inv].to(dtype)
-
-def _pos(k, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer; got {v!r}")
-    return v
-
 def start_to_dir(model, # an image denoiser with `.sample_shape` (see `image_model`)
                  out_dir, # the run folder (created)
                  n:int, # number of samples
@@ -53,83 +40,10 @@ def start_to_dir(model, # an image denoiser with `.sample_shape` (see `image_mod
                  sampler:str='heun', nfe:int=20, # the path and its NFE budget
                  schedule:str='karras', # a name of `dmlearn.schedules.SCHEDULES`, or 'nsr' (SciRE's grid)
                  seed:int=0, batch_size:int=64, shard_size:int=1000,
-                 model_id:str='', # how the model was named (recorded)
-                 start_id:str=None, # a description of `make_start` (recorded; required with one)
-                 sigma_min:float=0.002, sigma_max:float=80.,
-                 tweedie_eps:float=None, # add DMCMC's final Tweedie step D(x; ε) (+1 NFE)
-                 schedule_kw:dict=None, # passed to the grid (e.g. `kappa` for 'nsr', `rho` for karras)
-                 device='cpu', dtype=torch.float32, progress:bool=True, **hp): # hp: the sampler's hyperparameters
-    "`sample_to_dir` for any start and SciRE's grid: verified shards in `out_dir`, finished ones skipped; this rank's under torchrun."
-    from dmlearn.schedules import SCHEDULES
-    n, batch_size, shard_size = _pos('n', n), _pos('batch_size', batch_size), _pos('shard_size', shard_size)
+                 **kw): # `sample_to_dir`'s other arguments (`start_id`, `tweedie_eps`, `schedule_kw`, …) and the sampler's
+    "`sample_to_dir` with the start as the fourth argument, the order this chapter's functions call it in."
     if make_start is not None and not callable(make_start): raise ValueError(f"make_start must be callable as make_start(lo, hi); got {type(make_start).__name__}")
-    if make_start is not None and not start_id: raise ValueError("pass start_id, a short description of make_start's start (it is recorded in run.json)")
-    if schedule != 'nsr' and schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}; choose 'nsr' or one of {', '.join(SCHEDULES)}")
-    shape = tuple(getattr(model, 'sample_shape', None) or ())
-    if not shape: raise ValueError("the model has no .sample_shape: call image_model(model) first")
-    info = get_sampler(sampler); hp = {**info.defaults, **hp}
-    steps = steps_for_nfe(sampler, nfe, **hp)                          # a bad budget fails before any work
-    schedule_kw = dict(schedule_kw or {})
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
-    rank, world, _ = _dist_info()
-    settings = {'model': str(model_id), 'model_sha256': getattr(model, 'sha256', ''), 'sampler': sampler, 'nfe': int(nfe),
-                'schedule': schedule, 'schedule_kw': schedule_kw, 'seed': int(seed), 'n': n, 'shard_size': shard_size,
-                'sigma_min': sigma_min, 'sigma_max': sigma_max, 'dtype': str(dtype).replace('torch.', ''),
-                'start': start_id or f'gaussian(sigma_max={sigma_max:g}, per-sample seeds)', 'tweedie_eps': tweedie_eps,
-                'hp': {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool))}}
-    try: json.dumps(settings)
-    except TypeError as e: raise ValueError(f"schedule_kw and the settings must be JSON-able to be recorded ({e})") from None
-    run = out / 'run.json'
-    if run.exists():
-        try: old = json.loads(run.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{run} is damaged ({e}); move it away to start a new run") from None
-        if old != settings:
-            diff = {k: (old.get(k), settings[k]) for k in settings if old.get(k) != settings[k]}
-            raise ValueError(f"{str(out)!r} holds a run with other settings {diff}; use another folder")
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(run, lambda t: Path(t).write_text(json.dumps(settings, indent=1)))
-    else:
-        t0 = time.time()
-        while not run.exists() and time.time() - t0 < 60: time.sleep(0.05)      # rank 0 writes run.json first
-    shards = [(k, k * shard_size, min((k + 1) * shard_size, n)) for k in range(-(-n // shard_size))]
-    mine = [s for s in shards if s[0] % world == rank]
-    todo = [s for s in mine if not _shard_ok(out / f"shard_{s[0]:06d}.safetensors", settings, s[1], s[2])]
-    bar = tqdm(total=sum(hi - lo for _, lo, hi in mine), initial=sum(hi - lo for k, lo, hi in mine if (k, lo, hi) not in todo),
-               disable=not progress or rank != 0, desc=f"rank 0/{world}: {sampler} NFE {nfe}", unit='img', dynamic_ncols=True)
-    last = None
-    with torch.no_grad():
-        for k, lo, hi in todo:
-            so, cost = None, {}
-            if make_start is not None:                                  # one start call per shard, its own generator
-                gen = torch.Generator(device=device).manual_seed((int(seed) << 32) + (1 << 31) + k)
-                so = make_start(lo, hi)(hi - lo, shape, generator=gen, dtype=dtype, device=device)
-                if tuple(so.x.shape) != (hi - lo, *shape):
-                    raise ValueError(f"the start of shard {k} returned shape {tuple(so.x.shape)}; expected {(hi - lo, *shape)}")
-                cost = dict(so.cost)
-            xs, nfe_path, nfe_tw = [], None, 0
-            for b0 in range(lo, hi, batch_size):
-                b1 = min(b0 + batch_size, hi)
-                noise = SeededNoise(range(b0, b1), shape, seed, dtype, device)       # each sample's own stream
-                if so is None:                                              # sample_images' start: the same streams
-                    o = SeededGaussianStart(noise, sigma_max)(b1 - b0, shape, dtype=dtype, device=device); x0, s0 = o.x, o.sigma
-                else:
-                    x0 = so.x[b0 - lo:b1 - lo]
-                    s0 = so.sigma[b0 - lo:b1 - lo] if torch.is_tensor(so.sigma) and so.sigma.ndim else so.sigma
-                sig = _grid(schedule, steps, sigma_min, s0, dtype, schedule_kw).to(device)
-                m = CountNFE(model)
-                x = info.fn(m, x0, sig, disable=True, noise_sampler=noise, **hp)
-                nfe_path = m.nfe
-                if tweedie_eps is not None:
-                    from dmlearn.dmcmc import tweedie_step
-                    t = CountNFE(model); x = tweedie_step(t, x, tweedie_eps); nfe_tw = t.nfe
-                xs.append(x.float().cpu())
-            last = {'nfe_path': nfe_path, 'nfe_tweedie': nfe_tw, 'start_cost': cost}
-            save_checkpoint(out / f"shard_{k:06d}.safetensors", {'samples': torch.cat(xs)}, {**settings, 'first': lo, 'last': hi}, last)
-            bar.update(hi - lo)
-    bar.close()
-    return {'shards': len(shards), 'written': len(todo), 'skipped': len(mine) - len(todo), 'rank': rank, 'world': world, 'last': last}
+    return sample_to_dir(model, out_dir, n, sampler, nfe, schedule, seed, batch_size, shard_size, start=make_start, **kw)
 
 # %% ../nbs/52_gpu_chapters.ipynb #08bc8ea3
 def run_card(run_dir, # a finished `sample_to_dir` / `start_to_dir` folder

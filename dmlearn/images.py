@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
-from .core import Recorder
-from .samplers import SAMPLERS, Start, StartOut, generate, get_sampler, load_samplers, steps_for_nfe
+from .core import Recorder, CountNFE
+from .samplers import SAMPLERS, Start, StartOut, generate, get_sampler, load_samplers, steps_for_nfe, make_sigmas
 from .checkpoint import atomic_write, CheckpointError
 from .unet import PRETRAINED, load_unet, pretrained_unet
 from .datasets import image_grid
@@ -227,25 +227,55 @@ def _shard_ok(path, settings, lo, hi):
     except (CheckpointError, FileNotFoundError): return False
     return ck.config == {**settings, 'first': lo, 'last': hi} and tuple(ck.tensors['samples'].shape[:1]) == (hi - lo,)
 
-def sample_to_dir(model, # a loaded image denoiser
+def _grid(schedule, steps, sigma_min, sigma_start, dtype, schedule_kw):
+    "A σ grid from the start's σ (a number or `[B]`): SciRE's 'nsr' or any name `make_sigmas` knows."
+    if schedule != 'nsr': return make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=dtype, **schedule_kw)
+    from dmlearn.scire import get_sigmas_nsr
+    st = torch.as_tensor(sigma_start, dtype=torch.float64).cpu()
+    if st.ndim == 0: return get_sigmas_nsr(steps, sigma_min, st.item(), **schedule_kw).to(dtype)
+    uniq, inv = torch.unique(st, return_inverse=True)
+    return torch.stack([get_sigmas_nsr(steps, sigma_min, u.item(), **schedule_kw) for u in uniq], 1)[:, inv].to(dtype)
+
+def _pos(k, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer; got {v!r}")
+    return v
+
+def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
                   out_dir, # the run folder (created)
-                  n:int, sampler:str='dpmpp_2m', nfe:int=10, schedule:str='karras', seed:int=0,
-                  batch_size:int=64, shard_size:int=1000,
+                  n:int, # number of samples
+                  sampler:str='dpmpp_2m', nfe:int=10, # the path and its NFE budget
+                  schedule:str='karras', # a name of `dmlearn.schedules.SCHEDULES`, or 'nsr' (SciRE's grid)
+                  seed:int=0, batch_size:int=64, shard_size:int=1000,
                   model_id:str='', # how the model was named (recorded)
                   sigma_min:float=0.002, sigma_max:float=80., device='cpu', dtype=torch.float32,
-                  progress:bool=True, **hp):
+                  progress:bool=True,
+                  start=None, # `start(lo, hi) -> Start` for shard lo…hi-1; None: each sample's seeded Gaussian at `sigma_max`
+                  start_id:str=None, # a description of `start` (recorded; required with one)
+                  schedule_kw:dict=None, # passed to the grid (e.g. `rho` for karras, `kappa` for 'nsr')
+                  tweedie_eps:float=None, # add DMCMC's final Tweedie step D(x; ε) (+1 NFE)
+                  **hp): # the sampler's hyperparameters
     "Write samples 0…n-1 as verified shards in `out_dir`, skipping finished ones; the shards of this rank under torchrun."
     from dmlearn.checkpoint import save_checkpoint
-    for k, v in [('n', n), ('batch_size', batch_size), ('shard_size', shard_size)]:
-        if isinstance(v, bool) or int(v) != v or v < 1: raise ValueError(f"{k} must be a positive integer; got {v!r}")
-    info = get_sampler(sampler); steps_for_nfe(sampler, nfe, **{**info.defaults, **hp})
+    from dmlearn.schedules import SCHEDULES
+    n, batch_size, shard_size = _pos('n', n), _pos('batch_size', batch_size), _pos('shard_size', shard_size)
+    if start is not None and not callable(start): raise ValueError(f"start must be callable as start(lo, hi) -> Start; got {type(start).__name__}")
+    if start is not None and not start_id: raise ValueError("pass start_id, a short description of the start (it is recorded in run.json)")
+    if schedule != 'nsr' and schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}; choose 'nsr' or one of {', '.join(SCHEDULES)}")
+    shape = tuple(getattr(model, 'sample_shape', None) or ())
+    if not shape: raise ValueError("the model has no .sample_shape (C, H, W): load it with load_model, or set it")
+    info = get_sampler(sampler); hp = {**info.defaults, **hp}
+    steps = steps_for_nfe(sampler, nfe, **hp)                          # a bad budget fails before any work
+    schedule_kw = dict(schedule_kw or {})
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
     rank, world, _ = _dist_info()
     settings = {'model': str(model_id), 'model_sha256': getattr(model, 'sha256', ''), 'sampler': sampler, 'nfe': int(nfe),
-                'schedule': schedule, 'seed': int(seed), 'n': int(n), 'shard_size': int(shard_size),
+                'schedule': schedule, 'schedule_kw': schedule_kw, 'seed': int(seed), 'n': n, 'shard_size': shard_size,
                 'sigma_min': sigma_min, 'sigma_max': sigma_max, 'dtype': str(dtype).replace('torch.', ''),
-                'hp': {k: v for k, v in {**info.defaults, **hp}.items() if isinstance(v, (int, float, str, bool))}}
+                'start': start_id or f'gaussian(sigma_max={sigma_max:g}, per-sample seeds)', 'tweedie_eps': tweedie_eps,
+                'hp': {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool))}}
+    try: json.dumps(settings)
+    except TypeError as e: raise ValueError(f"schedule_kw and the settings must be JSON-able to be recorded ({e})") from None
     run = out / 'run.json'
     if run.exists():
         try: old = json.loads(run.read_text())
@@ -264,16 +294,45 @@ def sample_to_dir(model, # a loaded image denoiser
     todo = [s for s in mine if not _shard_ok(out / f"shard_{s[0]:06d}.safetensors", settings, s[1], s[2])]
     bar = tqdm(total=sum(hi - lo for _, lo, hi in mine), initial=sum(hi - lo for k, lo, hi in mine if (k, lo, hi) not in todo),
                disable=not progress or rank != 0, desc=f"rank 0/{world}: {sampler} NFE {nfe}", unit='img', dynamic_ncols=True)
-    nfe_seen = None
+    last = None
     for k, lo, hi in todo:
-        r = sample_images(model, hi - lo, sampler, nfe, schedule, seed, batch_size, first=lo, sigma_min=sigma_min,
-                          sigma_max=sigma_max, dtype=dtype, device=device, **hp)
-        nfe_seen = r.nfe
-        save_checkpoint(out / f"shard_{k:06d}.safetensors", {'samples': r.x.float().cpu()}, {**settings, 'first': lo, 'last': hi},
-                        {'nfe_path': r.nfe, 'start_cost': r.start_cost})   # nothing run-dependent: files are byte-identical across runs
-        bar.update(hi - lo)
+        x, last = _sample_shard(model, info, k, lo, hi, start, shape, steps, schedule, schedule_kw, seed, batch_size,
+                                sigma_min, sigma_max, tweedie_eps, device, dtype, hp)
+        save_checkpoint(out / f"shard_{k:06d}.safetensors", {'samples': x}, {**settings, 'first': lo, 'last': hi}, last)
+        bar.update(hi - lo)                               # the metadata holds nothing run-dependent: files repeat byte for byte
     bar.close()
-    return {'shards': len(shards), 'written': len(todo), 'skipped': len(mine) - len(todo), 'rank': rank, 'world': world, 'nfe': nfe_seen}
+    return {'shards': len(shards), 'written': len(todo), 'skipped': len(mine) - len(todo), 'rank': rank, 'world': world,
+            'nfe': None if last is None else last['nfe_path'], 'last': last}
+
+@torch.no_grad()
+def _sample_shard(model, info, k, lo, hi, start, shape, steps, schedule, schedule_kw, seed, batch_size,
+                  sigma_min, sigma_max, tweedie_eps, device, dtype, hp):
+    "Samples lo…hi-1 (shard k) and what they cost: the start drawn once per shard, the path in batches, each sample's own noise."
+    so, cost = None, {}
+    if start is not None:                                  # one start call per shard, with its own generator
+        gen = torch.Generator(device=device).manual_seed((int(seed) << 32) + (1 << 31) + k)
+        so = start(lo, hi)(hi - lo, shape, generator=gen, dtype=dtype, device=device)
+        if tuple(so.x.shape) != (hi - lo, *shape):
+            raise ValueError(f"the start of shard {k} returned shape {tuple(so.x.shape)}; expected {(hi - lo, *shape)}")
+        cost = dict(so.cost)
+    xs, nfe_path, nfe_tw = [], None, 0
+    for b0 in range(lo, hi, batch_size):
+        b1 = min(b0 + batch_size, hi)
+        noise = SeededNoise(range(b0, b1), shape, seed, dtype, device)       # each sample's own stream
+        if so is None:                                                       # sample_images' start: the same streams
+            o = SeededGaussianStart(noise, sigma_max)(b1 - b0, shape, dtype=dtype, device=device); x0, s0 = o.x, o.sigma
+        else:
+            x0 = so.x[b0 - lo:b1 - lo]
+            s0 = so.sigma[b0 - lo:b1 - lo] if torch.is_tensor(so.sigma) and so.sigma.ndim else so.sigma
+        sig = _grid(schedule, steps, sigma_min, s0, dtype, schedule_kw).to(device)
+        m = CountNFE(model)
+        x = info.fn(m, x0, sig, disable=True, noise_sampler=noise, **hp)
+        nfe_path = m.nfe
+        if tweedie_eps is not None:
+            from dmlearn.dmcmc import tweedie_step
+            t = CountNFE(model); x = tweedie_step(t, x, tweedie_eps); nfe_tw = t.nfe
+        xs.append(x.float().cpu())
+    return torch.cat(xs), {'nfe_path': nfe_path, 'nfe_tweedie': nfe_tw, 'start_cost': cost}
 
 def load_samples(out_dir):
     "All samples of a finished `sample_to_dir` run, verified, in index order: (x [n, C, H, W], settings)."
