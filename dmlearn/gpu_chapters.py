@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import CountNFE
 from .samplers import get_sampler, make_sigmas, steps_for_nfe
-from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, _dist_info, _shard_ok, _pos
+from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, score_run, _dist_info, _shard_ok, _pos
 from .checkpoint import atomic_write, save_checkpoint, load_checkpoint
 
 # %% auto #0
@@ -52,20 +52,8 @@ def run_card(run_dir, # a finished `sample_to_dir` / `start_to_dir` folder
              paper=None, # {'source', 'fid', 'nfe', ...}: the paper's number for this setting, or None
              batch_size=200, device=None,
              out='card.json'): # written in `run_dir` (None: not written)
-    "The reproduction card of a run: FID (or a Fréchet distance with `feature`), settings, NFE counted, the paper's number."
-    from dmlearn.fid import fid_stats, fid_card, load_stats
-    if isinstance(ref, (str, Path)): ref = load_stats(ref)
-    x, settings = load_samples(run_dir)
-    meta = load_checkpoint(Path(run_dir) / 'shard_000000.safetensors').info
-    outside = ((x < -1) | (x > 1)).float().mean().item()
-    card = fid_card(fid_stats(x.clamp(-1, 1), feature, batch_size, device=device), ref)
-    card.update(run=str(Path(run_dir).resolve()), checkpoint=settings['model'], checkpoint_sha256=settings['model_sha256'],
-                settings=settings, nfe={'path': meta.get('nfe_path'), 'tweedie': meta.get('nfe_tweedie', 0),
-                                        'start': meta.get('start_cost', {})},
-                clamped_fraction=outside, paper=paper)
-    if outside > 0.01: card['notes'].append(f"{100 * outside:.1f}% of the pixel values were outside [-1, 1] and were clamped")
-    if out: atomic_write(Path(run_dir) / out, lambda t: Path(t).write_text(json.dumps(card, indent=1, default=str)))
-    return card
+    "`score_run`'s card with the paper's number beside ours, written as `card.json` in the run's folder."
+    return score_run(run_dir, ref, feature, batch_size, device, paper=paper, out=out)
 
 def paper_vs_ours(card):
     "One line: the paper's number and ours, with what each counts."

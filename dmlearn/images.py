@@ -349,30 +349,42 @@ def load_samples(out_dir):
     return torch.cat(xs), settings
 
 # %% ../nbs/44_images.ipynb #2caf7e13
-def score_run(run_dir, # a folder written by `dmlearn sample --out DIR`
-              ref, # reference statistics: an `.npz` from `dmlearn.fid.save_stats`, or 'cifar10:ROOT' / 'folder:ROOT'
+def _reference(ref, x, feature, batch_size, device):
+    "Reference statistics from a dict, an `.npz` file, or 'cifar10:ROOT' / 'folder:ROOT'."
+    from dmlearn import fid as F
+    if isinstance(ref, dict): return ref
+    if str(ref).endswith('.npz'): return F.load_stats(ref)
+    if ':' in str(ref) and str(ref).split(':', 1)[0] in ('cifar10', 'folder'):
+        kind, root = str(ref).split(':', 1)
+        return F.reference_stats(kind, root, size=x.shape[-1] if kind == 'folder' else None, feature=feature, batch_size=batch_size, device=device)
+    raise ValueError(f"ref must be an .npz statistics file, 'cifar10:ROOT' or 'folder:ROOT'; got {ref!r}")
+
+def score_run(run_dir, # a folder written by `dmlearn sample --out DIR` (or `sample_to_dir`)
+              ref, # reference statistics: a dict, an `.npz` from `dmlearn.fid.save_stats`, or 'cifar10:ROOT' / 'folder:ROOT'
               feature=None, # a feature network for FID (default: the standard Inception)
-              batch_size:int=200, device=None):
+              batch_size:int=200, device=None,
+              paper:dict=None, # the paper's number for this setting ({'source', 'fid', 'nfe', ...}), recorded beside ours
+              out:str=None): # also write the card as this file name inside `run_dir` (atomically)
     "The reproduction card (a dict) of a finished sharded run."
     from dmlearn import fid as F
+    from dmlearn.checkpoint import load_checkpoint
     x, settings = load_samples(run_dir)
-    if str(ref).endswith('.npz'): rs = F.load_stats(ref)
-    elif ':' in str(ref) and str(ref).split(':', 1)[0] in ('cifar10', 'folder'):
-        kind, root = str(ref).split(':', 1)
-        rs = F.reference_stats(kind, root, size=x.shape[-1] if kind == 'folder' else None, feature=feature, batch_size=batch_size, device=device)
-    else: raise ValueError(f"ref must be an .npz statistics file, 'cifar10:ROOT' or 'folder:ROOT'; got {ref!r}")
-    gs = F.fid_stats(x.clamp(-1, 1), feature, batch_size, device=device)
+    rs = _reference(ref, x, feature, batch_size, device)
+    outside = ((x < -1) | (x > 1)).float().mean().item()
+    gs = F.fid_stats(x.clamp(-1, 1), feature, batch_size, device=device)     # clamped, as the papers' pipelines quantise
     if rs.get('feature') != gs.get('feature'):
         raise ValueError(f"the reference statistics were computed with {rs.get('feature')!r} features, the samples with {gs.get('feature')!r}")
-    from dmlearn.checkpoint import load_checkpoint
     sh = load_checkpoint(Path(run_dir) / 'shard_000000.safetensors').info
-    card = F.fid_card(gs, rs)
-    return {'run': str(Path(run_dir).resolve()), 'checkpoint': settings['model'], 'checkpoint_sha256': settings['model_sha256'],
+    card = {'run': str(Path(run_dir).resolve()), 'checkpoint': settings['model'], 'checkpoint_sha256': settings['model_sha256'],
             'sampler': settings['sampler'], 'sampler_settings': settings['hp'], 'schedule': settings['schedule'],
-            'sigma_max': settings['sigma_max'], 'sigma_min': settings['sigma_min'],
-            'nfe': {'budget': settings['nfe'], 'path_counted': sh.get('nfe_path'), 'start': sh.get('start_cost', {})},
+            'start': settings.get('start'), 'sigma_max': settings['sigma_max'], 'sigma_min': settings['sigma_min'],
+            'nfe': {'budget': settings['nfe'], 'path': sh.get('nfe_path'), 'tweedie': sh.get('nfe_tweedie', 0),
+                    'start': sh.get('start_cost', {})},
             'n': settings['n'], 'seed': settings['seed'], 'seeds': f"sample i uses the stream seeded 2**32*{settings['seed']} + i",
-            **card}
+            'settings': settings, 'clamped_fraction': outside, 'paper': paper, **F.fid_card(gs, rs)}
+    if outside > 0.01: card['notes'].append(f"{100 * outside:.1f}% of the pixel values were outside [-1, 1] and were clamped")
+    if out: atomic_write(Path(run_dir) / out, lambda t: Path(t).write_text(json.dumps(card, indent=1, default=str)))
+    return card
 
 def _run_score(a, parser):
     out = Path(a.out) if a.out else Path(a.dir) / 'card.json'
