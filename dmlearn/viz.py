@@ -6,12 +6,12 @@
 from __future__ import annotations
 import torch
 from .core import _plt as plt   # matplotlib.pyplot, imported on first use
-from matplotlib import animation
 from IPython.display import HTML, display
+from .core import Recorder
 from .gmm import GMM, PRESETS, get_gmm, plot_density
 
 # %% auto #0
-__all__ = ['plot_samples', 'plot_noised', 'plot_trajectories', 'explore_noised', 'animate']
+__all__ = ['plot_samples', 'plot_noised', 'plot_trajectories', 'explore_noised', 'animate', 'plot_start_path']
 
 # %% ../nbs/05_explore.ipynb #9c4d6a07
 def _points(x, what='x'):
@@ -19,10 +19,11 @@ def _points(x, what='x'):
     if x.ndim != 2 or x.shape[1] != 2: raise ValueError(f"{what} must have shape [N, 2]; got {tuple(x.shape)}")
     return x.double()
 
-def _axis(ax, figsize=(3, 3)):
-    if ax is None: _, ax = plt.subplots(figsize=figsize)
+def _axis(ax, figsize=(3, 3), dpi=90):
+    if ax is None: _, ax = plt.subplots(figsize=figsize, dpi=dpi)
     return ax
 
+# %% ../nbs/05_explore.ipynb #f7013de9
 def plot_samples(x, # points `[N, 2]` (tensor or array)
                  ax=None, # axis to draw on (None: a new 3×3 figure)
                  gm:GMM=None, # draw this mixture's density underneath
@@ -34,7 +35,11 @@ def plot_samples(x, # points `[N, 2]` (tensor or array)
     x, ax = _points(x), _axis(ax)
     if gm is not None: plot_density(gm, sigma, ax=ax, lim=lim)
     ax.scatter(x[:, 0], x[:, 1], s=s, c=color, alpha=alpha, linewidths=0)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim); ax.set_aspect('equal'); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect('equal')
+    ax.set_xticks([])
+    ax.set_yticks([])
     if title: ax.set_title(title, fontsize=9)
     return ax
 
@@ -66,7 +71,8 @@ def plot_noised(gm:GMM, # the data mixture
             title += f" (arrows ×{arrow_scale:.2g})"
         A = A * arrow_scale
         ax.quiver(P[:, 0], P[:, 1], A[:, 0], A[:, 1], angles='xy', scale_units='xy', scale=1, width=0.006, color='k', alpha=0.7)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
     ax.set_title(title, fontsize=9)
     return ax
 
@@ -88,7 +94,11 @@ def plot_trajectories(traj, # paths `[S, B, 2]`: S steps of B points (e.g. `Reco
     if show_ends:
         ax.scatter(traj[0, :, 0], traj[0, :, 1], s=8, facecolors='none', edgecolors=color, linewidths=0.5, alpha=alpha)
         ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=6, c='C3', linewidths=0)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim); ax.set_aspect('equal'); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect('equal')
+    ax.set_xticks([])
+    ax.set_yticks([])
     return ax
 
 # %% ../nbs/05_explore.ipynb #bf1b346a
@@ -103,7 +113,7 @@ def explore_noised(gm:GMM=None, # an extra mixture to offer first in the menu (t
     targets = {name: get_gmm(name) for name in PRESETS}
     if gm is not None: targets = {(gm.name or 'custom'): gm, **{k: v for k, v in targets.items() if k != gm.name}}
     def show(target, sigma, show_score):
-        _, ax = plt.subplots(figsize=(4, 4), dpi=80)
+        _, ax = plt.subplots(figsize=(4, 4), dpi=90)
         plot_noised(targets[target], sigma, ax=ax, n=n, show_score=show_score, generator=torch.Generator().manual_seed(seed))
         plt.show()
     w = interactive(show, target=Dropdown(options=list(targets), description='target'),
@@ -115,16 +125,67 @@ def explore_noised(gm:GMM=None, # an extra mixture to offer first in the menu (t
 # %% ../nbs/05_explore.ipynb #6c99de11
 def animate(frame_fn, # `frame_fn(ax, frame)` draws one frame on a cleared axis
             frames, # the frame values, e.g. a list of σ (keep it short: 8–12)
-            figsize=(3, 3), dpi:int=60, # size of each frame (every frame is an embedded PNG)
+            figsize=(3, 3), dpi:int=90, # size of each frame (every frame is an embedded PNG)
             interval:int=400, # milliseconds between frames
             default_mode:str='reflect'): # player mode: 'loop', 'once' or 'reflect'
     "A matplotlib animation of `frame_fn` over `frames` as self-contained HTML (`to_jshtml`), for pages without a kernel."
+    from matplotlib import animation
     frames = list(frames)
     if not frames: raise ValueError("frames is empty: give at least one frame value")
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     def draw(f):
-        ax.clear(); frame_fn(ax, f)
+        ax.clear()
+        frame_fn(ax, f)
         return []
     try: html = animation.FuncAnimation(fig, draw, frames=frames, interval=interval).to_jshtml(default_mode=default_mode)
     finally: plt.close(fig)
     return HTML(html)
+
+# %% ../nbs/05_explore.ipynb #181b6dfe
+def plot_start_path(ax=None, # axis to draw on (None: a new 7.5×3.8 figure)
+                    n_paths:int=24, # probability-flow paths drawn
+                    seed:int=0):
+    "The course in one picture: where a sampler starts, the path it follows, and where each of the five methods acts."
+    from dmlearn.samplers import sample_euler
+    from dmlearn.schedules import get_sigmas_karras
+    gm = GMM(torch.tensor([.35, .65]), torch.tensor([[-1.2], [1.]]), torch.tensor([[[.04]], [[.08]]]), name='two modes')
+    g = torch.Generator().manual_seed(seed)
+    sig = get_sigmas_karras(200, 0.01, 80.)
+    xT = 80 * torch.randn(n_paths, 1, generator=g, dtype=torch.float64)
+    rec = Recorder(keys=('x',))
+    x0 = sample_euler(gm, xT, sig, callback=rec)                        # the probability-flow ODE, finely stepped
+    xs = torch.cat([rec.stack('x')[..., 0], x0.T])                       # [201, n] in σ-coordinates
+    s = torch.cat([sig[:-1], torch.tensor([0.006])])                     # draw σ = 0 just left of the axis end
+    y = xs / (1 + s[:, None]**2).sqrt()                                  # the VP point x/√(1+σ²): bounded, so the start shows
+    ax = _axis(ax, figsize=(7.5, 3.8))
+    ax.plot(s, y, color='0.55', lw=0.7, alpha=0.8, zorder=1)
+    ax.set_xscale('log')
+    ax.set_xlim(130, 0.005)
+    ax.set_ylim(-3.4, 3.4)
+    ax.scatter(s[0].expand(n_paths), y[0], s=14, c='k', zorder=3)
+    ax.scatter(s[-1].expand(n_paths), y[-1], s=14, c='C3', zorder=3)
+    kw = dict(fontsize=8, va='center', bbox=dict(fc='white', ec='none', alpha=0.85, pad=1))
+    arrow = lambda c: dict(arrowstyle='->', color=c, lw=0.9)
+    ax.text(115, 2.75, 'start: x ~ N(0, 80²)\nat σ = 80', ha='left', **kw)
+    ax.text(0.0075, 2.75, 'sample\nat σ = 0', ha='center', color='C3', **kw)
+    # better paths: how each step follows the path
+    ax.annotate("SciRE-Solver / SciREI:\neach step's derivative\nby recursive difference", xy=(6, 0.12), xytext=(7, 2.75),
+                ha='center', color='C1', arrowprops=arrow('C1'), **kw)
+    ax.annotate("DDIM-GMM: each step's\nnoise from a mixture", xy=(1.2, -0.35), xytext=(0.7, -2.8), ha='center', color='C5',
+                arrowprops=arrow('C5'), **kw)
+    # better starts: begin lower on the path, from something closer to the data
+    ax.axvline(3., color='C0', lw=0.8, ls='--', zorder=0)
+    ax.annotate('diffusion time T: start at σ_T\nfrom an auxiliary model of p_T', xy=(3., -2.2), xytext=(18, -2.8), ha='center', color='C0',
+                arrowprops=arrow('C0'), **kw)
+    ax.axvline(0.5, color='C2', lw=0.8, ls='--', zorder=0)
+    ax.text(0.45, 2.75, "ES-DDPM: a cheap prior's\nsamples noised to σ′", ha='center', color='C2', **kw)
+    zz = torch.randn(10, generator=g, dtype=torch.float64)
+    sh = 10 ** (-1.3 + 0.8 * torch.rand(10, generator=g, dtype=torch.float64))   # chain states at their own σ̂ ∈ [0.05, 0.3]
+    mode = torch.where(torch.rand(10, generator=g) < .35, -1.2, 1.)
+    ax.scatter(sh, (mode + 0.25 * zz) / (1 + sh**2).sqrt(), marker='D', s=16, c='C4', zorder=3)
+    ax.text(0.03, -2.8, 'DMCMC: chain states\nat their own σ̂', ha='center', color='C4', **kw)
+    ax.set_xlabel('noise level σ (log scale; sampling runs left to right)', fontsize=8)
+    ax.set_ylabel('x / √(1+σ²)', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title('a start, a path, a sample (grey: probability-flow paths of a 1-D two-mode mixture)', fontsize=9)
+    return ax
