@@ -17,8 +17,8 @@ from .datasets import image_grid
 from .train import positive_int
 
 # %% auto #0
-__all__ = ['load_model', 'SeededNoise', 'SeededGaussianStart', 'ImageSamples', 'sample_images', 'plot_trajectory', 'add_commands',
-           'sample_to_dir', 'load_samples', 'score_run']
+__all__ = ['load_model', 'SeededNoise', 'SeededGaussianStart', 'ImageSamples', 'run_dtype_device', 'sample_images',
+           'plot_trajectory', 'add_commands', 'sample_to_dir', 'load_samples', 'score_run']
 
 # %% ../nbs/44_images.ipynb #17b8f32c
 def _from_hub(name, device):
@@ -74,6 +74,13 @@ class ImageSamples:
     settings: dict = field(default_factory=dict)
     seconds: float = 0.
 
+def run_dtype_device(model, dtype=None, device=None):
+    "The dtype and device of a sampling run: those given, else the model's (its first floating parameter), else float32 on the CPU."
+    p = next((t for t in model.parameters() if t.is_floating_point()), None) if isinstance(model, torch.nn.Module) else None
+    dtype = dtype or (p.dtype if p is not None else torch.float32)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point: raise ValueError(f"dtype must be a floating-point torch dtype; got {dtype!r}")
+    return dtype, torch.device(device if device is not None else (p.device if p is not None else 'cpu'))
+
 def sample_images(model, # an image denoiser (with `.sample_shape`, or pass `shape`)
                   n:int, # number of samples
                   sampler:str='dpmpp_2m', nfe:int=10, schedule:str='karras',
@@ -81,9 +88,11 @@ def sample_images(model, # an image denoiser (with `.sample_shape`, or pass `sha
                   batch_size:int=64,
                   first:int=0, # index of the first sample (for sharded runs)
                   sigma_min:float=0.002, sigma_max:float=80.,
-                  shape=None, dtype=torch.float32, device='cpu',
+                  shape=None,
+                  dtype=None, device=None, # default: the model's (a bf16 model on a GPU samples in bf16 there)
                   progress:bool=False, callback=None, **hp):
     "Draw samples `first … first+n-1` in batches; every sample's noise is its own, so the result does not depend on `batch_size`."
+    dtype, device = run_dtype_device(model, dtype, device)
     shape = tuple(shape or getattr(model, 'sample_shape', None) or ())
     if not shape: raise ValueError("pass shape=(C, H, W) for a model without .sample_shape")
     for k, v in [('n', n), ('batch_size', batch_size)]:
@@ -142,6 +151,7 @@ def add_commands(sub):
                    'or a folder for sharded, resumable output (torchrun-ready)')
     s.add_argument('--shard-size', type=positive_int, default=1000, help='samples per shard (folder output)')
     s.add_argument('--device', default=None, help='default: cuda:LOCAL_RANK if CUDA is available, else cpu')
+    s.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16', 'float64'), help='the model and the sampling run in this dtype')
     s.add_argument('--batch', type=positive_int, default=64, help='batch size (does not change the samples)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--schedule', default='karras')
@@ -182,7 +192,7 @@ def _run_sample(a, parser):
     device = a.device or (f'cuda:{local}' if torch.cuda.is_available() else 'cpu')
     try:
         steps_for_nfe(a.sampler, a.nfe)
-        model = load_model(a.model, device)
+        model = load_model(a.model, device).to(getattr(torch, a.dtype))
     except (ValueError, FileNotFoundError, CheckpointError) as e: parser.error(str(e))
     if a.sigma_max is None: a.sigma_max = min(80., float(getattr(model, 'sigma_max', 80.)))
     if a.sigma_min is None: a.sigma_min = max(0.002, float(getattr(model, 'sigma_min', 0.002)))
@@ -247,7 +257,8 @@ def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
                   schedule:str='karras', # a name of `dmlearn.schedules.SCHEDULES`, or 'nsr' (SciRE's grid)
                   seed:int=0, batch_size:int=64, shard_size:int=1000,
                   model_id:str='', # how the model was named (recorded)
-                  sigma_min:float=0.002, sigma_max:float=80., device='cpu', dtype=torch.float32,
+                  sigma_min:float=0.002, sigma_max:float=80.,
+                  device=None, dtype=None, # default: the model's
                   progress:bool=True,
                   start=None, # `start(lo, hi) -> Start` for shard lo…hi-1; None: each sample's seeded Gaussian at `sigma_max`
                   start_id:str=None, # a description of `start` (recorded; required with one)
@@ -265,6 +276,7 @@ def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
     if not shape: raise ValueError("the model has no .sample_shape (C, H, W): load it with load_model, or set it")
     info = get_sampler(sampler); hp = {**info.defaults, **hp}
     steps = steps_for_nfe(sampler, nfe, **hp)                          # a bad budget fails before any work
+    dtype, device = run_dtype_device(model, dtype, device)
     schedule_kw = dict(schedule_kw or {})
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")

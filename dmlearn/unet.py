@@ -24,7 +24,7 @@ class NoiseEmbedding(nn.Module):
         super().__init__()
         self.register_buffer('freqs', torch.logspace(0, math.log10(max_freq), dim // 2), persistent=False)
     def forward(self, c):
-        a = c[:, None].float() * self.freqs
+        a = c[:, None].to(self.freqs.dtype) * self.freqs           # the dtype the module was cast to (bf16 on a GPU)
         return torch.cat([a.sin(), a.cos()], 1)
 
 class ResBlock(nn.Module):
