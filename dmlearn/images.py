@@ -18,7 +18,7 @@ from .train import positive_int
 
 # %% auto #0
 __all__ = ['load_model', 'SeededNoise', 'SeededGaussianStart', 'ImageSamples', 'run_dtype_device', 'sample_images',
-           'plot_trajectory', 'add_commands', 'sample_to_dir', 'load_samples', 'score_run']
+           'plot_trajectory', 'add_commands', 'cli_start', 'sample_to_dir', 'load_samples', 'score_run']
 
 # %% ../nbs/44_images.ipynb #17b8f32c
 def _from_hub(name, device):
@@ -160,6 +160,9 @@ def add_commands(sub):
     s.add_argument('--nrow', type=positive_int, default=None, help='images per row of the grid (default: a square)')
     s.add_argument('--force', action='store_true', help='overwrite existing output files')
     s.add_argument('--no-progress', action='store_true')
+    s.add_argument('--start', default='gaussian', help="where the path starts: gaussian (N(0, σ_max² I)), or one of the image "
+                   "starts of chapter *The five methods on images* (prior, aux, dlg, moment); their calls are counted per output")
+    s.add_argument('--data', default=None, help="the dataset a start is fitted to (default: the shipped model's, e.g. digits)")
     s.set_defaults(run=_run_sample)
     _add_score(sub)
 
@@ -173,6 +176,23 @@ def _writable_outputs(out, force, parser):
         if not os.access(p.parent, os.W_OK): parser.error(f"--out: the folder {str(p.parent)!r} is not writable")
         if p.exists() and not force: parser.error(f"{str(p)!r} exists; pass --force to overwrite it")
     return paths
+
+def _start_nfe(cost, n):
+    "A start's network calls per output, from its cost record (`nfe` per output, or `nfe_total` over `n` outputs)."
+    if not cost: return 0
+    if 'nfe' in cost: return float(cost['nfe'])
+    if 'nfe_total' in cost: return float(cost['nfe_total']) / max(n, 1)
+    return 0
+
+def cli_start(name, # 'gaussian' or a name `dmlearn.image_methods.image_start` knows
+              model, dataset=None, sigma_max=80.):
+    "The `start(lo, hi) -> Start` function `sample_to_dir` takes for `--start name` (None for the Gaussian start)."
+    if name == 'gaussian': return None
+    try: from dmlearn.image_methods import image_start
+    except ModuleNotFoundError as e: raise ValueError(f"--start {name} needs dmlearn.image_methods ({e})") from None
+    if dataset is None: raise ValueError(f"--start {name} needs --data (the dataset the start is fitted to)")
+    st = image_start(name, model, dataset, sigma_max=sigma_max)            # fitted / loaded once, used for every shard
+    return lambda lo, hi: st
 
 def _run_sample(a, parser):
     from dmlearn.schedules import SCHEDULES
@@ -197,12 +217,17 @@ def _run_sample(a, parser):
     if a.sigma_max is None: a.sigma_max = min(80., float(getattr(model, 'sigma_max', 80.)))
     if a.sigma_min is None: a.sigma_min = max(0.002, float(getattr(model, 'sigma_min', 0.002)))
     if not a.sigma_min < a.sigma_max: parser.error(f"need --sigma-min < --sigma-max; got {a.sigma_min} and {a.sigma_max}")
+    data = a.data or (a.model if a.model in PRETRAINED else None)
+    try: start = cli_start(a.start, model, data, a.sigma_max)
+    except (ValueError, FileNotFoundError, CheckpointError) as e: parser.error(str(e))
+    sid = None if start is None else f"{a.start}(data={data})"
     if sharded:
         import torch.distributed as dist
         if world > 1: dist.init_process_group('nccl' if str(device).startswith('cuda') else 'gloo')
         try:
             r = sample_to_dir(model, a.out, a.num_samples, a.sampler, a.nfe, a.schedule, a.seed, a.batch, a.shard_size,
-                              model_id=a.model, sigma_min=a.sigma_min, sigma_max=a.sigma_max, device=device, progress=not a.no_progress)
+                              model_id=a.model, sigma_min=a.sigma_min, sigma_max=a.sigma_max, device=device, progress=not a.no_progress,
+                              start=start, start_id=sid)
         except (ValueError, NotADirectoryError) as e: parser.error(str(e))
         finally:
             if world > 1: dist.barrier(); dist.destroy_process_group()
@@ -210,8 +235,16 @@ def _run_sample(a, parser):
             print(f"{a.num_samples} samples of {a.model} with {a.sampler} (NFE {a.nfe} per sample) in {a.out}: {r['shards']} shards; "
                   f"this process (rank 0 of {world}) wrote {r['written']}, skipped {r['skipped']} finished")
         return 0
-    r = sample_images(model, a.num_samples, a.sampler, a.nfe, a.schedule, a.seed, a.batch, sigma_min=a.sigma_min,
-                      sigma_max=a.sigma_max, device=device, progress=not a.no_progress)
+    if start is None:
+        r = sample_images(model, a.num_samples, a.sampler, a.nfe, a.schedule, a.seed, a.batch, sigma_min=a.sigma_min,
+                          sigma_max=a.sigma_max, device=device, progress=not a.no_progress)
+    else:                                                    # one shard holding every sample: the start runs once
+        t0, info = time.time(), get_sampler(a.sampler)
+        dtype, dev = run_dtype_device(model, None, device)
+        x, last = _sample_shard(model, info, 0, 0, a.num_samples, start, model.sample_shape, steps_for_nfe(a.sampler, a.nfe, **info.defaults),
+                                a.schedule, {}, a.seed, a.batch, a.sigma_min, a.sigma_max, None, dev, dtype, dict(info.defaults))
+        r = ImageSamples(x, last['nfe_path'], last['start_cost'], dict(sampler=a.sampler, nfe=a.nfe, schedule=a.schedule, seed=a.seed,
+                         start=sid, sigma_min=a.sigma_min, sigma_max=a.sigma_max), time.time() - t0)
     nrow = a.nrow or max(1, math.isqrt(a.num_samples - 1) + 1)
     meta = {'format': 'dmlearn-samples-1', 'model': str(a.model), 'model_sha256': getattr(model, 'sha256', ''),
             'settings': json.dumps(r.settings), 'nfe_path': str(r.nfe), 'start_cost': json.dumps(r.start_cost), 'n': str(len(r.x))}
@@ -221,7 +254,9 @@ def _run_sample(a, parser):
         g = (image_grid(r.x, nrow) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         Image.fromarray(g[..., 0] if g.shape[2] == 1 else g).save(t, format='PNG')
     atomic_write(png, write_png)
-    print(f"{len(r.x)} samples of {a.model} with {a.sampler}: NFE {r.nfe} per sample (counted), {r.seconds:.1f} s "
+    sn = _start_nfe(r.start_cost, len(r.x))
+    cost = f"NFE {r.nfe} per sample (counted)" if not sn else f"NFE {r.nfe} path + {sn:.4g} start = {r.nfe + sn:.4g} per sample (counted)"
+    print(f"{len(r.x)} samples of {a.model} with --start {a.start} + {a.sampler}: {cost}, {r.seconds:.1f} s "
           f"({len(r.x) / max(r.seconds, 1e-9):.1f} images/s) -> {png}, {ten}")
     return 0
 

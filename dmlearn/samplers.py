@@ -104,7 +104,18 @@ def step_euler(x, denoised, sigma, sigma_next):
 
 # %% ../nbs/10_samplers.ipynb #925b5b3d
 @sampler_loop
-def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, variance='fixed_small'):
+def sample_ddpm(
+    model,                  # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                      # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,                 # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,        # keyword arguments passed to every model call
+    callback=None,          # called once per step with k-diffusion's dict
+    disable=None,           # True hides the progress bar
+    *,
+    generator=None,         # the `torch.Generator` all noise is drawn from
+    noise_sampler=None,     # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+    variance='fixed_small', # 'fixed_small': the posterior variance β̃; 'fixed_large': β
+):
     "Ancestral sampling with the DDPM posterior (Ho et al. 2020, Algorithm 2)."
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
@@ -114,7 +125,18 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return x
 
 @sampler_loop
-def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, eta=0.):
+def sample_ddim(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+    eta=0.,             # DDIM's η in [0, 1]: 0 deterministic (Euler), 1 = DDPM
+):
     "DDIM (Song et al. 2021, Eq. 12) in σ-coordinates; `eta`=0 is deterministic."
     _check_eta(eta)
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
@@ -125,7 +147,17 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return x
 
 @sampler_loop
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
+def sample_euler(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+):
     "Euler steps on the probability-flow ODE (Karras et al. 2022, Eq. 1); equals DDIM with η=0."
     sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
@@ -141,7 +173,17 @@ def step_euler_maruyama(x, denoised, sigma, sigma_next, noise):
     return x + 2 * dt / sigma * (denoised - x) + (2 * sigma * dt).sqrt() * noise
 
 @sampler_loop
-def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
+def sample_euler_maruyama(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+):
     "Euler–Maruyama on the reverse SDE (Song et al. 2021); the last step is the Tweedie denoise."
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
@@ -149,6 +191,8 @@ def sample_euler_maruyama(model, x, sigmas, extra_args=None, callback=None, disa
         den = D(x, s); notify(callback, x, i, s, s, den)
         x = den if i == len(sigmas) - 2 else step_euler_maruyama(x, den, sigma_like(s, x), sigma_like(sn, x), ns(s, sn))
     return x
+
+
 
 # %% ../nbs/10_samplers.ipynb #5c074251
 def langevin_step(x, score, noise, snr=0.16, norm='batch'):
@@ -165,7 +209,20 @@ def _check_pc(n_corrector=1, snr=0.16, norm='batch'):
     if norm not in ('batch', 'sample'): raise ValueError(f"norm must be 'batch' or 'sample'; got {norm!r}")
 
 @sampler_loop
-def sample_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, snr=0.16, n_corrector=1, norm='batch'):
+def sample_pc(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+    snr=0.16,           # the corrector's signal-to-noise ratio r (Song et al. 2021)
+    n_corrector=1,      # Langevin corrections at each noise level
+    norm='batch',       # 'batch': one step size for the whole batch, as Song et al.; 'sample': one per sample
+):
     "Predictor–corrector: reverse-diffusion predictor + Langevin corrector (Song et al. 2021, Algorithms 2–3)."
     _check_pc(n_corrector, snr, norm)
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
@@ -180,14 +237,29 @@ def sample_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
         x = x + d2 * (den - x) / sb**2 + d2.sqrt() * ns(s, sn)
     return x
 
+
+
 # %% ../nbs/10_samplers.ipynb #4ac9e0d7
 def _check_heun(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     check_real(s_churn, 's_churn', lo=0); check_real(s_noise, 's_noise', lo=0)
     check_real(s_tmin, 's_tmin', lo=0, allow_inf=True); check_real(s_tmax, 's_tmax', lo=0, allow_inf=True)
 
 @sampler_loop
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
-                s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
+def sample_heun(
+    model,               # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                   # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,              # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,     # keyword arguments passed to every model call
+    callback=None,       # called once per step with k-diffusion's dict
+    disable=None,        # True hides the progress bar
+    *,
+    generator=None,      # the `torch.Generator` all noise is drawn from
+    noise_sampler=None,  # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+    s_churn=0.,          # EDM's S_churn: how much noise to add back per run (0: deterministic Heun)
+    s_tmin=0.,           # churn only where σ ≥ s_tmin
+    s_tmax=float('inf'), # … and σ ≤ s_tmax
+    s_noise=1.,          # EDM's S_noise: the scale of the noise added back
+):
     "Heun's method with optional churn (Karras et al. 2022, Algorithms 1 and 2)."
     _check_heun(s_churn, s_tmin, s_tmax, s_noise)
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
@@ -205,6 +277,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         d2 = (x2 - D(x2, sn)) / sigma_like(sn, x)                                # l. 9–11: 2nd-order correction
         x = x + (d + d2) / 2 * dt
     return x
+
+
 
 # %% ../nbs/10_samplers.ipynb #4b97c673
 def step_dpm_solver(denoise, x, sigma, sigma_next, order=2, eps=None):
@@ -233,7 +307,18 @@ def _check_dpm_order(order):
     if isinstance(order, bool) or order not in (1, 2, 3): raise ValueError(f"DPM-Solver order must be 1, 2 or 3; got {order!r}")
 
 @sampler_loop
-def sample_dpm_solver(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None, order=2):
+def sample_dpm_solver(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+    order=2,            # 1, 2 or 3: evaluations per step
+):
     "Singlestep DPM-Solver-1/2/3 in noise-prediction form (Lu et al. 2022); the step into σ=0 is first order."
     _check_dpm_order(order)
     sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
@@ -243,6 +328,8 @@ def sample_dpm_solver(model, x, sigmas, extra_args=None, callback=None, disable=
         if i == len(sigmas) - 2: x = den; continue
         x = step_dpm_solver(D, x, s, sn, order, eps=(x - den) / sigma_like(s, x))
     return x
+
+
 
 # %% ../nbs/10_samplers.ipynb #adbe7146
 def step_dpmpp_2m(x, denoised, sigma, sigma_next, old_denoised=None, sigma_prev=None):
@@ -255,7 +342,17 @@ def step_dpmpp_2m(x, denoised, sigma, sigma_next, old_denoised=None, sigma_prev=
     return torch.where(sigma_next == 0, denoised, (sigma_next / sigma) * x - torch.expm1(-h) * d)   # no host sync
 
 @sampler_loop
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None):
+def sample_dpmpp_2m(
+    model,              # the denoiser `model(x, sigma[B]) -> denoised`
+    x,                  # the starting batch `[B, ...]`, at noise level `sigmas[0]`
+    sigmas,             # the σ grid, `[S+1]` or `[S+1, B]`, decreasing, ending in 0
+    extra_args=None,    # keyword arguments passed to every model call
+    callback=None,      # called once per step with k-diffusion's dict
+    disable=None,       # True hides the progress bar
+    *,
+    generator=None,     # the `torch.Generator` all noise is drawn from
+    noise_sampler=None, # or k-diffusion's `noise_sampler(sigma, sigma_next) -> noise`
+):
     "DPM-Solver++(2M) (Lu et al. 2022b)."
     sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     old = None
@@ -265,6 +362,8 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         x = step_dpmpp_2m(x, den, sigma_like(s, x), sigma_like(sn, x), old, None if old is None else sigma_like(sigmas[i - 1], x))
         old = den
     return x
+
+
 
 # %% ../nbs/10_samplers.ipynb #4fddf285
 @dataclass
