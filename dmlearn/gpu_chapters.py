@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .core import CountNFE
+from .core import CountNFE, check_int
 from .samplers import get_sampler, make_sigmas, steps_for_nfe
-from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, score_run, _dist_info, _shard_ok, _pos
+from .images import SeededNoise, SeededGaussianStart, sample_to_dir, load_samples, score_run, dist_info
 from .checkpoint import atomic_write, save_checkpoint, load_checkpoint
 
 # %% auto #0
@@ -79,7 +79,7 @@ class NoiseLevelCNN(nn.Module):
             if s >= 4: layers.append(nn.AvgPool2d(2)); s //= 2
             c = w
         self.features, self.pool = nn.Sequential(*layers), nn.AdaptiveAvgPool2d(2)
-        self.head = nn.Linear(256 * 4, _pos('n_levels', n_levels))
+        self.head = nn.Linear(256 * 4, check_int(n_levels, 'n_levels', lo=1))
         self.n_levels = n_levels
     def forward(self, x):
         p = next(self.parameters())
@@ -98,7 +98,7 @@ def train_noise_classifier(net, # e.g. `NoiseLevelCNN(len(sigmas))`
     dev = torch.device(device) if device else next(net.parameters()).device
     net.to(dev).train(); g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr); net.losses = []
-    for _ in tqdm(range(_pos('steps', steps)), disable=not progress, desc='noise classifier'):
+    for _ in tqdm(range(check_int(steps, 'steps', lo=1)), disable=not progress, desc='noise classifier'):
         i = torch.randint(len(images), (batch,), generator=g); j = torch.randint(len(sig), (batch,), generator=g)
         y = images[i].float() + sig[j].float().view(-1, 1, 1, 1) * torch.randn(images[i].shape, generator=g)
         loss = nn.functional.cross_entropy(net(y.to(dev)), j.to(dev))
@@ -117,7 +117,7 @@ def dlg_sigmas(n_levels=1000, sigma_min=0.02, sigma_max=100.): # the paper's σ 
 def _device(device):
     "The device of this process: `device`, else cuda:LOCAL_RANK (torchrun) if CUDA is available, else the CPU."
     if device is not None: return device
-    return f"cuda:{_dist_info()[2]}" if torch.cuda.is_available() else 'cpu'
+    return f"cuda:{dist_info()[2]}" if torch.cuda.is_available() else 'cpu'
 
 def _load(model, device, dtype=None):
     from dmlearn.hub import load_pretrained
@@ -234,8 +234,8 @@ class ImagePrior:
         self.gen, self.shape, self.clamp = gen, tuple(shape), clamp
         self.sigma_T = getattr(gen, 'sigma_T', None)                  # what `AuxStart` reads
     def sample(self, n, generator=None):
-        from dmlearn.starts import _draw
-        x = torch.as_tensor(_draw(self.gen, n, _cpu_gen(generator))).reshape(n, *self.shape)
+        from dmlearn.starts import draw_samples
+        x = torch.as_tensor(draw_samples(self.gen, n, _cpu_gen(generator))).reshape(n, *self.shape)
         return x if self.clamp is None else x.clamp(-self.clamp, self.clamp)
     def __repr__(self): return f"ImagePrior({self.gen!r}, shape={self.shape})"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
-from .core import Recorder, CountNFE
+from .core import Recorder, CountNFE, check_int
 from .samplers import SAMPLERS, Start, StartOut, generate, get_sampler, load_samplers, steps_for_nfe, make_sigmas
 from .checkpoint import atomic_write, CheckpointError
 from .unet import PRETRAINED, load_unet, pretrained_unet
@@ -18,7 +18,7 @@ from .train import positive_int
 
 # %% auto #0
 __all__ = ['load_model', 'SeededNoise', 'SeededGaussianStart', 'ImageSamples', 'run_dtype_device', 'sample_images',
-           'plot_trajectory', 'add_commands', 'cli_start', 'sample_to_dir', 'load_samples', 'score_run']
+           'plot_trajectory', 'add_commands', 'cli_start', 'dist_info', 'sample_to_dir', 'load_samples', 'score_run']
 
 # %% ../nbs/44_images.ipynb #17b8f32c
 def _from_hub(name, device):
@@ -208,7 +208,7 @@ def _run_sample(a, parser):
     for k in ('sigma_max', 'sigma_min'):
         v = getattr(a, k)
         if v is not None and not (math.isfinite(v) and v > 0): parser.error(f"--{k.replace('_', '-')} must be a positive number; got {v}")
-    rank, world, local = _dist_info()
+    rank, world, local = dist_info()
     device = a.device or (f'cuda:{local}' if torch.cuda.is_available() else 'cpu')
     try:
         steps_for_nfe(a.sampler, a.nfe)
@@ -261,7 +261,7 @@ def _run_sample(a, parser):
     return 0
 
 # %% ../nbs/44_images.ipynb #18183e76
-def _dist_info():
+def dist_info():
     "(rank, world size, local rank) from torchrun's environment, or (0, 1, 0)."
     e = os.environ
     return int(e.get('RANK', 0)), int(e.get('WORLD_SIZE', 1)), int(e.get('LOCAL_RANK', 0))
@@ -281,10 +281,6 @@ def _grid(schedule, steps, sigma_min, sigma_start, dtype, schedule_kw):
     uniq, inv = torch.unique(st, return_inverse=True)
     return torch.stack([get_sigmas_nsr(steps, sigma_min, u.item(), **schedule_kw) for u in uniq], 1)[:, inv].to(dtype)
 
-def _pos(k, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer; got {v!r}")
-    return v
-
 def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
                   out_dir, # the run folder (created)
                   n:int, # number of samples
@@ -303,7 +299,7 @@ def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
     "Write samples 0…n-1 as verified shards in `out_dir`, skipping finished ones; the shards of this rank under torchrun."
     from dmlearn.checkpoint import save_checkpoint
     from dmlearn.schedules import SCHEDULES
-    n, batch_size, shard_size = _pos('n', n), _pos('batch_size', batch_size), _pos('shard_size', shard_size)
+    n, batch_size, shard_size = check_int(n, 'n', lo=1), check_int(batch_size, 'batch_size', lo=1), check_int(shard_size, 'shard_size', lo=1)
     if start is not None and not callable(start): raise ValueError(f"start must be callable as start(lo, hi) -> Start; got {type(start).__name__}")
     if start is not None and not start_id: raise ValueError("pass start_id, a short description of the start (it is recorded in run.json)")
     if schedule != 'nsr' and schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}; choose 'nsr' or one of {', '.join(SCHEDULES)}")
@@ -315,7 +311,7 @@ def sample_to_dir(model, # a loaded image denoiser (with `.sample_shape`)
     schedule_kw = dict(schedule_kw or {})
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
-    rank, world, _ = _dist_info()
+    rank, world, _ = dist_info()
     settings = {'model': str(model_id), 'model_sha256': getattr(model, 'sha256', ''), 'sampler': sampler, 'nfe': int(nfe),
                 'schedule': schedule, 'schedule_kw': schedule_kw, 'seed': int(seed), 'n': n, 'shard_size': shard_size,
                 'sigma_min': sigma_min, 'sigma_max': sigma_max, 'dtype': str(dtype).replace('torch.', ''),
