@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'sigma_to_alpha', 'sigma_to_vp', 'vp_to_sigma', 'alphas_cumprod_to_sigmas',
+__all__ = ['PREDICTION_TYPES', 'lazy_pyplot', 'sigma_to_alpha', 'sigma_to_vp', 'vp_to_sigma', 'alphas_cumprod_to_sigmas',
            'sigmas_to_alphas_cumprod', 'append_dims', 'append_zero', 'batch_sigma', 'denoised_to_eps',
            'eps_to_denoised', 'denoised_to_score', 'score_to_denoised', 'denoised_to_v', 'v_to_denoised', 'to_d',
            'as_denoiser', 'check_int', 'check_real', 'check_model_output', 'CountNFE', 'active_checks', 'check_finite',
@@ -170,7 +170,8 @@ class _LazyPyplot:
         return getattr(matplotlib.pyplot, name)
     def __repr__(self): return '<matplotlib.pyplot, imported on first use>'
 
-_plt = _LazyPyplot()
+lazy_pyplot = _LazyPyplot()       # `from dmlearn.core import lazy_pyplot as plt` in a chapter's module
+_plt = lazy_pyplot                # the name the chapters used before it was public
 
 # %% ../nbs/00_core.ipynb #21637280
 class CountNFE:
