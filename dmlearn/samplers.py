@@ -201,8 +201,8 @@ def langevin_step(x, score, noise, snr=0.16, norm='batch'):
     check_real(snr, 'snr', lo=0, lo_open=True)
     gn, nn = score.flatten(1).norm(dim=-1), noise.flatten(1).norm(dim=-1)
     ratio = (nn.mean() / gn.mean()) if norm == 'batch' else append_dims(nn / gn, x.ndim)
-    eps = 2 * (snr * ratio)**2
-    return x + eps * score + (2 * eps).sqrt() * noise
+    delta = 2 * (snr * ratio)**2                                         # the step size δ
+    return x + delta * score + (2 * delta).sqrt() * noise
 
 def _check_pc(n_corrector=1, snr=0.16, norm='batch'):
     check_int(n_corrector, 'n_corrector', lo=0); check_real(snr, 'snr', lo=0, lo_open=True)
