@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
-from .samplers import _setup, _b, _cb, step_ddim, sample_ddim, register_sampler
+from .samplers import setup_sampler, sigma_like, notify, sampler_loop, step_ddim, sample_ddim, register_sampler
 
 # %% auto #0
 __all__ = ['OFFSETS', 'INFEASIBLE', 'FORMS', 'make_offsets', 'GMMKernel', 'make_gmm_kernel', 'ddim_sigma_up', 'max_scale',
@@ -49,6 +49,7 @@ def _check_priors(priors, K, dtype=torch.float64, device='cpu'):
     if abs(pi.sum().item() - 1) > 1e-6: raise ValueError(f"priors must sum to 1; they sum to {pi.sum().item():.6g}")
     return pi / pi.sum()
 
+# %% ../nbs/21_ddim_gmm.ipynb #76c28b0a
 def make_offsets(dim, # D, the number of coordinates of one sample
                  n_components=8, # K
                  scale=1., # s, in the paper's (VP) units
@@ -56,12 +57,17 @@ def make_offsets(dim, # D, the number of coordinates of one sample
                  priors=None, # π, shape [K] (default uniform)
                  generator=None, dtype=torch.float64, device='cpu'):
     "Random mean offsets δ `[K, D]` of the GMM kernel with Σ π_k δ_k = 0 (Gabbur 2023, Eqs. 9–10)."
-    K, s = _check_K(n_components), _check_scale(scale); _check_choice('offsets', kind, OFFSETS)
+    K, s = _check_K(n_components), _check_scale(scale)
+    _check_choice('offsets', kind, OFFSETS)
     if isinstance(dim, bool) or int(dim) != dim or dim < 1: raise ValueError(f"dim must be a positive integer; got {dim!r}")
     if kind == 'svd' and K > dim:
         raise ValueError(f"offsets='svd' needs n_components <= dim (K orthonormal directions in R^D); got K={K} > D={dim}: use offsets='random'")
-    pi = _check_priors(priors, K, dtype, device)
-    O = torch.randn(int(dim), K, generator=generator, dtype=dtype, device=device)
+    return _offsets(int(dim), K, s, kind, _check_priors(priors, K, dtype, device), generator, dtype, device)
+
+# %% ../nbs/21_ddim_gmm.ipynb #85d17a2d
+def _offsets(dim, K, s, kind, pi, generator, dtype, device):
+    "The offsets of `make_offsets` for checked arguments (`pi` a normalised `[K]` tensor)."
+    O = torch.randn(dim, K, generator=generator, dtype=dtype, device=device)
     if kind == 'svd': O = torch.linalg.svd(O, full_matrices=False)[0]          # Eq. 10: K orthonormal columns
     C = (O - O @ pi[:, None]).T                                                  # centre: C_k = O_k − Σ π_l O_l
     if kind == 'svd': return s * C
@@ -83,11 +89,19 @@ class GMMKernel:
                      priors=None, # π `[K]` (default uniform)
                      form='B'): # 'B': Δ_k = Σ_l π_l δ_l δ_lᵀ / (K π_k) (Eq. 11); 'A': Δ_k = δ_k δ_kᵀ
         "Build the covariance offsets Δ_k from δ so that Σ π_k Δ_k = Σ π_k δ_k δ_kᵀ (Eq. 8)."
-        delta = torch.as_tensor(delta); _check_choice('form', form, FORMS)
+        delta = torch.as_tensor(delta)
+        _check_choice('form', form, FORMS)
         if delta.ndim != 2: raise ValueError(f"offsets must have shape [K, D]; got {tuple(delta.shape)}")
-        K = delta.shape[0]; pi = _check_priors(priors, K, delta.dtype, delta.device)
+        K = delta.shape[0]
+        pi = _check_priors(priors, K, delta.dtype, delta.device)
         if (pi @ delta).abs().max() > 1e-8 * (1 + delta.abs().max()):
             raise ValueError(f"offsets must be centred (Σ π_k δ_k = 0); |Σ π_k δ_k| = {(pi @ delta).norm().item():.3g}")
+        return cls._build(delta, pi, form)
+
+    @classmethod
+    def _build(cls, delta, pi, form):
+        "`from_offsets` for checked, centred offsets and normalised priors."
+        K = delta.shape[0]
         if form == 'B':
             _, sv, Vh = torch.linalg.svd(pi.sqrt()[:, None] * delta, full_matrices=False)   # M = Vhᵀ diag(sv²) Vh
             return cls(pi, delta, Vh.T[None], sv[None]**2 / (K * pi[:, None]), form)
@@ -106,6 +120,7 @@ class GMMKernel:
         return torch.einsum('kdr,kr,ker->kde', Q, self.lam, Q)
     def is_trivial(self): return bool((self.delta == 0).all())
 
+# %% ../nbs/21_ddim_gmm.ipynb #1cd43aad
 def make_gmm_kernel(dim, # D
                     n_components=8, scale=1., offsets='random', priors=None, form='B', # see `make_offsets`, `GMMKernel.from_offsets`
                     generator=None, dtype=torch.float64, device='cpu'):
@@ -125,6 +140,7 @@ def max_scale(sigma, sigma_next, eta, n_components=8):
     n_components = _check_K(n_components)
     return math.sqrt(n_components) * (1 + sigma_next**2).rsqrt() * ddim_sigma_up(sigma, sigma_next, eta)
 
+# %% ../nbs/21_ddim_gmm.ipynb #1bb3d9cb
 def _effective(kernel, sigma_up, alpha, infeasible):
     "Per-sample scale factor ρ `[B]`, variances along Q_k `[B, K, r]` (may be < 0 before clipping), infeasible mask `[B]`."
     su2 = sigma_up**2
@@ -136,6 +152,7 @@ def _effective(kernel, sigma_up, alpha, infeasible):
     else: rho = torch.ones_like(su2)
     return rho, su2[:, None, None] - rho[:, None, None]**2 * lam_s, bad
 
+# %% ../nbs/21_ddim_gmm.ipynb #1d70686b
 def kernel_moments(kernel, # a `GMMKernel`
                    sigma_up, # DDIM's σ_↑ of the step (a number)
                    alpha=1., # α_s = (1+σ_s²)^(-1/2): σ-coordinate offsets are δ/α_s
@@ -152,14 +169,21 @@ def kernel_moments(kernel, # a `GMMKernel`
     return m, torch.einsum('k,kde->de', kernel.pi, covs + d[:, :, None] * d[:, None, :]) - torch.outer(m, m)   # ... and covariance
 
 # %% ../nbs/21_ddim_gmm.ipynb #25da1d41
+def _draw_components(priors, noise):
+    "`draw_components` without the checks (the sampler's loop: priors already checked, nothing read back)."
+    u = 0.5 * (1 + torch.erf(noise.reshape(noise.shape[0], -1)[:, 0] / math.sqrt(2)))
+    return torch.searchsorted(priors.cumsum(0), u.to(priors.dtype).contiguous(), right=True).clamp(max=len(priors) - 1)
+
+# %% ../nbs/21_ddim_gmm.ipynb #d0e9a80a
 def draw_components(priors, # π `[K]`
                     noise): # one standard-normal draw shaped like the batch `[B, ...]`
     "Component index `[B]` of each sample: the inverse CDF of π at Φ(first coordinate of `noise`)."
     priors = torch.as_tensor(priors)
-    _check_priors(priors, len(priors) if priors.ndim == 1 else -1, priors.dtype if priors.is_floating_point() else torch.float64, priors.device)
-    u = 0.5 * (1 + torch.erf(noise.reshape(noise.shape[0], -1)[:, 0] / math.sqrt(2)))
-    return torch.searchsorted(priors.cumsum(0), u.to(priors.dtype).contiguous(), right=True).clamp(max=len(priors) - 1)
+    dtype = priors.dtype if priors.is_floating_point() else torch.float64
+    _check_priors(priors, len(priors) if priors.ndim == 1 else -1, dtype, priors.device)
+    return _draw_components(priors, noise)
 
+# %% ../nbs/21_ddim_gmm.ipynb #840fb4df
 def step_ddim_gmm(x, denoised, sigma, sigma_next, eta=0., noise=None,
                   kernel=None, # a `GMMKernel` in VP units (None: plain DDIM)
                   comp=None, # `[B]` component index of each sample
@@ -173,6 +197,12 @@ def step_ddim_gmm(x, denoised, sigma, sigma_next, eta=0., noise=None,
     comp = None if comp is None else torch.as_tensor(comp, device=x.device).long()
     if comp is None or comp.shape != (B,) or (comp < 0).any() or (comp >= kernel.n_components).any():
         raise ValueError(f"comp must be {B} component indices in [0, {kernel.n_components}); got {None if comp is None else tuple(comp.shape)}")
+    return _gmm_step(x, denoised, sigma, sigma_next, eta, noise, kernel, comp, infeasible, stats)
+
+# %% ../nbs/21_ddim_gmm.ipynb #03199717
+def _gmm_step(x, denoised, sigma, sigma_next, eta, noise, kernel, comp, infeasible, stats):
+    "The update of `step_ddim_gmm` for a non-trivial kernel and checked component indices."
+    B = x.shape[0]
     per = lambda t: t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)
     mean = step_ddim(x, denoised, sigma, sigma_next, eta, None)                 # DDIM mean x̂0 + σ_↓ ε̂
     su, sn = per(ddim_sigma_up(sigma, sigma_next, eta)), per(sigma_next)
@@ -196,10 +226,13 @@ def step_ddim_gmm(x, denoised, sigma, sigma_next, eta=0., noise=None,
 def _check_hp(eta, n_components, scale, offsets, infeasible, form):
     e = _number(eta)
     if e is None or not 0 <= e <= 1: raise ValueError(f"eta must be in [0, 1]; got {eta!r}")
-    _check_choice('offsets', offsets, OFFSETS); _check_choice('infeasible', infeasible, INFEASIBLE); _check_choice('form', form, FORMS)
+    _check_choice('offsets', offsets, OFFSETS)
+    _check_choice('infeasible', infeasible, INFEASIBLE)
+    _check_choice('form', form, FORMS)
     return e, _check_K(n_components), _check_scale(scale)
 
-@torch.no_grad()
+# %% ../nbs/21_ddim_gmm.ipynb #de7ad154
+@sampler_loop
 def sample_ddim_gmm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                     eta=0., # DDIM's η in [0, 1]
                     n_components=8, # K (1: DDIM)
@@ -211,29 +244,37 @@ def sample_ddim_gmm(model, x, sigmas, extra_args=None, callback=None, disable=No
                     infeasible='shrink', # where σ_↑²I − Δ̃_k is not PSD: 'shrink' | 'gaussian' | 'clip' (the paper)
                     offset_seed=0, # seed of the offsets (None: draw them from `generator`)
                     stats=None): # a dict to fill with per-step records and `n_infeasible`
-    "DDIM with a moment-matched Gaussian-mixture kernel (Gabbur 2023) in σ-coordinates; one NFE per step."
+    "DDIM with a moment-matched Gaussian-mixture kernel (Gabbur 2023) in σ-coordinates; one NFE per step (`stats` reads back per step)."
     eta, n_components, scale = _check_hp(eta, n_components, scale, offsets, infeasible, form)   # plain Python numbers from here on
-    sigmas, D, ns = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     S, dim = len(sigmas) - 1, x[0].numel()
     if offsets == 'svd' and n_components > dim:
         raise ValueError(f"offsets='svd' needs n_components <= dim (K orthonormal directions in R^D); got K={n_components} > D={dim}: use offsets='random'")
     trivial = n_components == 1 or scale == 0                                      # δ = 0: exactly DDIM
     if not trivial:                                                                 # App. A.10: precompute the offsets
         og = generator if offset_seed is None else torch.Generator(x.device).manual_seed(int(offset_seed))
-        kern = [make_gmm_kernel(dim, n_components, scale, offsets, priors, form, og, x.dtype, x.device) for _ in range(1 if shared else S)]
-    if stats is not None: stats.clear(); stats['steps'] = []
+        pi = _check_priors(priors, n_components, x.dtype, x.device)                # checked once, not per step
+        kern = [GMMKernel._build(_offsets(dim, n_components, scale, offsets, pi, og, x.dtype, x.device), pi, form)
+                for _ in range(1 if shared else S)]
+    if stats is not None:
+        stats.clear()
+        stats['steps'] = []
     for i in trange(S, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        z = None if eta == 0 or (sn == 0).all() else ns(s, sn)                    # DDIM's fresh noise, as sample_ddim
-        if trivial: x = step_ddim(x, den, _b(s, x), _b(sn, x), eta, z); continue
+        den = D(x, s)
+        notify(callback, x, i, s, s, den)
+        z = None if eta == 0 or i == S - 1 else ns(s, sn)                         # DDIM's fresh noise, as sample_ddim
+        if trivial:
+            x = step_ddim(x, den, sigma_like(s, x), sigma_like(sn, x), eta, z)
+            continue
         k = kern[0 if shared else i]
-        comp = draw_components(k.pi, ns(s, sn))                                    # one component per sample per step
-        x = step_ddim_gmm(x, den, _b(s, x), _b(sn, x), eta, z, k, comp, infeasible, stats)
+        comp = _draw_components(k.pi, ns(s, sn))                                  # one component per sample per step
+        x = _gmm_step(x, den, sigma_like(s, x), sigma_like(sn, x), eta, z, k, comp, infeasible, stats)
     if stats is not None:
         stats.update(n_steps=S, n_infeasible=sum(r['infeasible'] > 0 for r in stats['steps']), infeasible_mode=infeasible)
     return x
 
+# %% ../nbs/21_ddim_gmm.ipynb #ad3c0364
 for _name, _hp, _desc in [
         ('ddim_gmm', {'eta': 0.5, 'n_components': 8, 'scale': 0.3, 'infeasible': 'shrink'},
          'DDIM with a moment-matched GMM kernel (shrinks offsets where matching is impossible)'),
@@ -266,7 +307,11 @@ def plot_ddim_gmm(gm=None, # the target mixture (default: the 'grid' preset)
     plot_density(gm, 0., ax=ax, lim=lim)
     ax.scatter(xd[:, 0], xd[:, 1], s=2, c='0.4', alpha=0.5, linewidths=0)
     ax.scatter(x[:, 0], x[:, 1], s=2, c='C3', alpha=0.6, linewidths=0)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim); ax.set_aspect('equal'); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect('equal')
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.set_title(f"K={n_components} s={scale:.3g} η={eta:.2g} {int(steps)} steps{' shared' if shared else ''} {infeasible}\n"
                  f"infeasible {st.get('n_infeasible', 0)}/{int(steps)};  ED×1e3 GMM {energy_distance(x, ref) * 1e3:.1f}, DDIM {energy_distance(xd, ref) * 1e3:.1f}",
                  fontsize=8)
@@ -283,7 +328,8 @@ def explore_ddim_gmm(gm=None, # a 2-D mixture offered first (the presets are alw
     if gm is not None: targets = {(gm.name or 'custom'): gm, **targets}
     def show(target, K, s, eta, steps, shared, infeasible):
         tg = targets[target]
-        plot_ddim_gmm(tg, K, s, eta, steps, shared, infeasible, model=model if tg is gm else None); plt.show()
+        plot_ddim_gmm(tg, K, s, eta, steps, shared, infeasible, model=model if tg is gm else None)
+        plt.show()
     return interact(show, target=Dropdown(options=list(targets)), K=IntSlider(value=8, min=1, max=32),
                     s=FloatLogSlider(value=0.3, base=10, min=-3, max=0.5, step=0.1), eta=FloatSlider(value=0., min=0., max=1., step=0.1),
                     steps=IntSlider(value=10, min=2, max=40), shared=Checkbox(value=False),
