@@ -254,8 +254,10 @@ def _run_sample(a, parser):
         g = (image_grid(r.x, nrow) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         Image.fromarray(g[..., 0] if g.shape[2] == 1 else g).save(t, format='PNG')
     atomic_write(png, write_png)
-    sn = _start_nfe(r.start_cost, len(r.x))
+    sn, c = _start_nfe(r.start_cost, len(r.x)), r.start_cost or {}
     cost = f"NFE {r.nfe} per sample (counted)" if not sn else f"NFE {r.nfe} path + {sn:.4g} start = {r.nfe + sn:.4g} per sample (counted)"
+    if 'nfe_with_init' in c: cost += f"; with the chains' init and burn-in {r.nfe + float(c['nfe_with_init']):.4g}"
+    if c.get('posterior_per_output'): cost += f"; noise-level classifier calls {float(c['posterior_per_output']):.4g} per sample"
     print(f"{len(r.x)} samples of {a.model} with --start {a.start} + {a.sampler}: {cost}, {r.seconds:.1f} s "
           f"({len(r.x) / max(r.seconds, 1e-9):.1f} images/s) -> {png}, {ten}")
     return 0

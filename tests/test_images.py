@@ -98,3 +98,34 @@ def test_sample_cli_on_a_diffusers_checkpoint(tmp_path, monkeypatch):
     assert settings['sigma_max'] == 80. and settings['sigma_min'] > 0.002     # the model's own sigma_min (DDPM table)
     monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
     assert _cli('sample', '--model', 'google/ddpm-cifar10-32', '--out', str(tmp_path / 'h.png'), '--no-progress') == 2
+
+
+def _run(capsys, *args):
+    try: rc = main(['sample', *args])
+    except SystemExit as e: rc = e.code
+    return rc, capsys.readouterr()
+
+def test_sample_cli_start_composes_with_any_path(tmp_path, capsys):
+    "--start gaussian is the default run; --start dlg counts the chain's calls per output beside the path's."
+    base = ['--model', 'digits', '--sampler', 'heun', '--nfe', '9', '-n', '8', '--no-progress']
+    rc, _ = _run(capsys, *base, '--out', str(tmp_path / 'a.png')); assert rc == 0
+    rc, _ = _run(capsys, *base, '--start', 'gaussian', '--out', str(tmp_path / 'b.png')); assert rc == 0
+    from safetensors.torch import load_file
+    assert torch.equal(load_file(tmp_path / 'a.safetensors')['samples'], load_file(tmp_path / 'b.safetensors')['samples'])
+    rc, out = _run(capsys, *base, '--start', 'dlg', '--out', str(tmp_path / 'c.png')); assert rc == 0
+    assert 'NFE 9 path + ' in out.out and 'start = ' in out.out and 'classifier calls' in out.out
+    x = load_file(tmp_path / 'c.safetensors')['samples']
+    assert x.shape == (8, 1, 8, 8) and torch.isfinite(x).all()
+    rc, _ = _run(capsys, *base, '--start', 'prior', '--out', str(tmp_path / 'run'), '--shard-size', '4'); assert rc == 0
+    assert json.loads((tmp_path / 'run' / 'run.json').read_text())['start'] == 'prior(data=digits)'
+
+@pytest.mark.parametrize('args,msg', [(['--start', 'nope'], "unknown start 'nope'"),
+                                      (['--model', 'X', '--start', 'dlg'], 'needs --data')])
+def test_sample_cli_start_errors(tmp_path, capsys, args, msg):
+    a = ['--model', 'digits', '--nfe', '9', '-n', '4', '--out', str(tmp_path / 'g.png'), *args]
+    if 'X' in a:
+        from dmlearn.unet import save_unet
+        save_unet(pretrained_unet('digits'), tmp_path / 'm.safetensors')        # a model file: no dataset to fit a start to
+        a[a.index('X')] = str(tmp_path / 'm.safetensors')                       # (the later --model wins)
+    rc, out = _run(capsys, *a)
+    assert rc == 2 and msg in out.err
