@@ -143,3 +143,41 @@ def test_bad_input():
     with pytest.raises(ValueError, match="unknown prior kind"): defective_prior(RING, 'gan')
     # a start below the sampler's sigma_min is refused by generate (make_sigmas), not silently run
     with pytest.raises(ValueError, match="must exceed sigma_min"): generate(RING, 4, start=PriorStart(RING, 0.001))
+
+
+def test_aux_start_moved_but_importable():
+    "The auxiliary-model start lives in dmlearn.difftime; the old import path still hands out the same objects."
+    import dmlearn.difftime as D
+    import dmlearn.starts as S
+    assert AuxStart is D.AuxStart and fit_aux is D.fit_aux and S.AuxGMM is D.AuxGMM
+    with pytest.raises(AttributeError, match='no attribute'): S.NoSuchStart
+
+
+def test_ode_keeps_the_start_kl_sde_shrinks_it_gaussian():
+    "Gaussian data and prior: every sampler's output is Gaussian, so its KL to the data is exact from the sample moments."
+    from dmlearn.starts import run_path, gaussian_reverse_kernel
+    data, prior = gmm_gaussian((1., 0.5), ((0.5, 0.2), (0.2, 0.3))), gmm_gaussian((0., 0.), ((1., 0.), (0., 2.)))
+    I = torch.eye(2, dtype=torch.float64); sp, n = 1., 10_000
+    g = seeded(0); y = prior.sample(n, g) + sp * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    kl0 = gauss_kl(prior.mean, prior.cov + sp**2 * I, data.mean, data.cov + sp**2 * I).item()
+    kl = {s: gauss_kl((x := run_path(data, y, sp, s, nfe)).mean(0), x.T.cov(), data.mean, data.cov).item()
+          for s, nfe in [('heun', 39), ('euler_maruyama', 40), ('ddpm', 40)]}
+    kl_exact_sde = gauss_kl(*gaussian_reverse_kernel(data.mean, data.cov, prior.mean, prior.cov, sp), data.mean, data.cov).item()
+    kl0_emp = gauss_kl(y.mean(0), y.T.cov(), data.mean, data.cov + sp**2 * I).item()   # the same start points' own KL
+    assert abs(kl0_emp - kl0) < 0.05 * kl0
+    assert abs(kl['heun'] - kl0_emp) < 0.02                                 # an affine, invertible map (to its discretisation): the KL is kept
+    assert kl_exact_sde < 0.5 * kl0                                          # the exact reverse kernel forgets part of it
+    for s in ('euler_maruyama', 'ddpm'): assert abs(kl[s] - kl_exact_sde) < 0.03 + 0.1 * kl_exact_sde, (s, kl)
+
+
+def test_reverse_kernel_and_path_kls_on_the_ring():
+    from dmlearn.starts import reverse_kernel_sample, path_kls
+    from dmlearn.metrics import energy_distance
+    y = RING.sample(3000, seeded(0)) + 0.5 * torch.randn(3000, 2, generator=seeded(1), dtype=torch.float64)
+    x0 = reverse_kernel_sample(RING, y, 0.5, seeded(2))                     # p_σ through the exact kernel is p₀
+    assert abs(energy_distance(x0, RING.sample(3000, seeded(3)))) < 0.003
+    r = path_kls(defective_prior(RING, 'blur'), RING, 0.5, n=400, m=64)
+    assert abs(r['ode-start'][0]) < 0.05 * r['start'][0] + 4 * r['ode-start'][1]
+    assert r['sde-start'][0] < -3 * r['sde-start'][1] and r['start'][0] > 0.05
+    r = path_kls(RING, RING, 0.5, n=300, m=32)                              # a perfect prior: nothing to keep or shrink
+    assert abs(r['start'][0]) < 1e-12 and abs(r['sde'][0]) < 1e-12 and abs(r['ode'][0]) < 0.01
