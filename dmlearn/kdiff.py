@@ -21,6 +21,7 @@ def ancestral_step(sigma,      # the current noise level (tensor, 0-d or `[B]`)
                    sigma_next, # the next one, < sigma (0 allowed)
                    eta=1.):    # 0: deterministic (σ↓ = σ_next, σ↑ = 0); 1: the DDPM posterior
     "k-diffusion's split of a step σ → σ_next: (σ↓, σ↑), a deterministic target level and the std of the fresh noise."
+    _check_eta(eta)
     if eta == 0: return sigma_next, torch.zeros_like(sigma_next)
     up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).clamp_min(0).sqrt())
     return (sigma_next**2 - up**2).clamp_min(0).sqrt(), up

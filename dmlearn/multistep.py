@@ -30,6 +30,7 @@ def lagrange_basis(nodes): # k tensors (numbers, or one per sample) — the inte
 def solve_vandermonde(nodes, # k tensors r_k
                       b):    # k tensors b_1..b_k
     "Solve Σ_k ρ_k r_k^(i-1) = b_i (i = 1..k) for ρ on tensors: ρ_k = Σ_m c[k][m] b_(m+1), with c from `lagrange_basis`."
+    if len(nodes) != len(b): raise ValueError(f"solve_vandermonde needs as many right-hand sides as nodes; got {len(b)} and {len(nodes)}")
     return [sum(c * bm for c, bm in zip(ck, b)) for ck in lagrange_basis(nodes)]
 
 # %% ../nbs/13_multistep.ipynb #cbd14812
@@ -94,6 +95,7 @@ def unipc_b(h, # the step in λ, h > 0 (a tensor)
             p, # how many conditions
             variant='bh2'):
     "UniPC's right-hand sides ĥ·φ_(i+1)(ĥ)·i!/B(h) for i = 1..p, with ĥ = −h (data prediction), and B(h)."
+    if variant not in ('bh1', 'bh2'): raise ValueError(f"UniPC variant must be 'bh1' or 'bh2'; got variant={variant!r}")
     hh = -h
     B = hh if variant == 'bh1' else torch.expm1(hh)
     hphi, fact, b = torch.expm1(hh) / hh - 1, 1, []          # ĥ·φ_2(ĥ)

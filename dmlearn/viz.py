@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from IPython.display import HTML, display
-from .core import Recorder
+from .core import Recorder, check_int
 from .gmm import GMM, PRESETS, get_gmm, plot_density
 
 # %% auto #0
@@ -148,6 +148,7 @@ def plot_start_path(ax=None, # axis to draw on (None: a new 7.5×3.8 figure)
     "The course in one picture: where a sampler starts, the path it follows, and where each of the five methods acts."
     from dmlearn.samplers import sample_euler
     from dmlearn.schedules import get_sigmas_karras
+    n_paths = check_int(n_paths, 'n_paths', lo=1)
     gm = GMM(torch.tensor([.35, .65]), torch.tensor([[-1.2], [1.]]), torch.tensor([[[.04]], [[.08]]]), name='two modes')
     g = torch.Generator().manual_seed(seed)
     sig = get_sigmas_karras(200, 0.01, 80.)

@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from dmlearn import core, gmm, schedules, metrics, models2d, viz, samplers, bench, scire, ddim_gmm, starts, difftime, dmcmc, cli
-from dmlearn import checkpoint
+from dmlearn import checkpoint, multistep, kdiff
+from dmlearn.multistep import *
+from dmlearn.kdiff import *
 from dmlearn.core import *
 from dmlearn.gmm import *
 from dmlearn.schedules import *
@@ -30,7 +32,7 @@ from dmlearn.checkpoint import save_checkpoint, load_checkpoint, atomic_write, C
 
 load_samplers()
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = [core, gmm, schedules, metrics, models2d, viz, samplers, bench, scire, ddim_gmm, starts, difftime, dmcmc, cli]
+MODULES = [core, gmm, schedules, metrics, models2d, viz, samplers, bench, scire, ddim_gmm, starts, difftime, dmcmc, cli, multistep, kdiff]
 LIMIT_S = 10         # per case: a hang fails the case instead of stalling CI
 
 class Hang(BaseException):
@@ -133,6 +135,8 @@ case('schedules.get_sigmas_karras', 'rho NaN', lambda: get_sigmas_karras(5, 0.1,
 case('schedules.get_sigmas_karras', 'n=2.5', lambda: get_sigmas_karras(2.5, 0.1, 1.), V, 'n (the number of steps)')
 case('schedules.get_sigmas_ve', 'eps_s=1', lambda: get_sigmas_ve(5, 0.1, 1., eps_s=1.), V, 'eps_s')
 case('schedules.get_sigmas_vp', 'beta_d<0', lambda: get_sigmas_vp(5, beta_d=-1.), V, 'beta_d')
+case('schedules.get_sigmas_vp_time', 'sigma_min > sigma_max', lambda: get_sigmas_vp_time(4, 2., 1.), V, 'sigma_min must be < sigma_max')
+case('schedules.get_sigmas_vp_time', 'n=0', lambda: get_sigmas_vp_time(0, .002, 80.), V, 'must be >= 1')
 case('schedules.ddpm_alphas_cumprod', 'unknown schedule', lambda: ddpm_alphas_cumprod(beta_schedule='cos'), V, 'beta_schedule')
 case('schedules.ddpm_timesteps', 'n > T', lambda: ddpm_timesteps(2000), V, 'cannot be more than')
 case('schedules.get_sigmas_ddpm', 'zero terminal SNR', lambda: get_sigmas_ddpm(5, torch.linspace(0.99, 0., 100)), V, 'alphas_cumprod must lie')
@@ -177,6 +181,7 @@ case('viz.plot_samples', '3-D points', lambda: plot_samples(torch.zeros(4, 3)), 
 case('viz.plot_noised', 'negative sigma', lambda: plot_noised(RING, -1.), V, 'sigma must be')
 case('viz.plot_trajectories', '2-D', lambda: plot_trajectories(torch.zeros(4, 2)), V, '[S, B, 2]')
 case('viz.explore_noised', 'unknown gm', lambda: explore_noised(gm='moons'), V, 'unknown target')
+case('viz.plot_start_path', 'n_paths=0', lambda: plot_start_path(n_paths=0), V, 'n_paths must be a positive integer')
 case('viz.animate', 'no frames', lambda: animate(lambda ax, f: None, []), V, 'frames is empty')
 
 # samplers ------------------------------------------------------------------------------------------------------------
@@ -198,6 +203,44 @@ case('samplers.sample_euler', 'model returns float16', lambda: sample_euler(_mod
 case('samplers.sample_euler', 'model returns a float', lambda: sample_euler(_model_returning(lambda x: 0.5), X, SIG), T, 'got float')
 case('samplers.sample_euler', 'model returns wrong shape', lambda: sample_euler(_model_returning(lambda x: x[:2]), X, SIG), V, 'has shape (2, 2)')
 case('samplers.sample_euler', 'model raises', lambda: sample_euler(_raises, X, SIG), RuntimeError, 'model exploded')
+
+# multistep and k-diffusion's family ----------------------------------------------------------------------------------
+_t = lambda v: torch.tensor(v, dtype=torch.float64)
+case('multistep.lagrange_basis', 'a list', lambda: lagrange_basis([1., 2.]), T, 'must be Tensor')
+case('multistep.solve_vandermonde', 'mismatched lengths', lambda: solve_vandermonde(_t([1., 2.]), _t([1., 2., 3.])), V, 'as many right-hand sides as nodes')
+case('multistep.step_dpmpp_3m', 'variant', lambda: step_dpmpp_3m(X, X, _t(1.), _t(.5), variant='x'), V, "variant must be 'diffusers' or 'taylor'")
+case('multistep.unipc_b', 'variant', lambda: unipc_b(_t(.5), 1, variant='bh3'), V, "variant must be 'bh1' or 'bh2'")
+case('multistep.step_unipc', 'variant', lambda: step_unipc(X, X, _t(1.), _t(.5), variant='bh3'), V, "variant must be 'bh1'")
+case('multistep.deis_coeffs', 'numbers', lambda: deis_coeffs(1., .5), T, 'must be Tensor')
+case('multistep.lms_coeffs', 'numbers', lambda: lms_coeffs(1., .5), (TypeError, AttributeError), '')
+case('multistep.sample_unipc', 'order 5', lambda: sample_unipc(RING, X, SIG, order=5), V, 'UniPC order must be 1, 2 or 3')
+case('multistep.sample_dpmpp_3m', 'variant', lambda: sample_dpmpp_3m(RING, X, SIG, variant='x'), V, 'variant must be')
+case('multistep.sample_deis', 'order 4', lambda: sample_deis(RING, X, SIG, order=4), V, 'DEIS order must be an integer from 1 to 3')
+case('multistep.sample_lms', 'order 0', lambda: sample_lms(RING, X, SIG, order=0), V, 'LMS order must be an integer from 1 to 4')
+case('multistep.sample_ipndm', 'order 5', lambda: sample_ipndm(RING, X, SIG, order=5), V, 'iPNDM order must be an integer from 1 to 4')
+case('kdiff.ancestral_step', 'eta NaN', lambda: ancestral_step(_t(1.), _t(.5), eta=NAN), V, 'eta must be a finite number')
+case('kdiff.ancestral_step', 'eta < 0', lambda: ancestral_step(_t(1.), _t(.5), eta=-1), V, 'eta must be in [0, 1]')
+case('kdiff.sample_euler_ancestral', 'eta 2', lambda: sample_euler_ancestral(RING, X, SIG, eta=2.), V, 'eta must be in [0, 1]')
+case('kdiff.sample_dpm_2', 's_churn NaN', lambda: sample_dpm_2(RING, X, SIG, s_churn=NAN), V, 's_churn must be a finite number')
+case('kdiff.sample_dpm_2_ancestral', 's_noise < 0', lambda: sample_dpm_2_ancestral(RING, X, SIG, s_noise=-1.), V, 's_noise must be')
+case('kdiff.sample_dpmpp_2s_ancestral', 'eta NaN', lambda: sample_dpmpp_2s_ancestral(RING, X, SIG, eta=NAN), V, 'eta must be a finite number')
+case('kdiff.sample_dpmpp_sde', 'r 0', lambda: sample_dpmpp_sde(RING, X, SIG, r=0.), V, 'r must be a finite number > 0')
+case('kdiff.sample_dpmpp_2m_sde', 'solver_type', lambda: sample_dpmpp_2m_sde(RING, X, SIG, solver_type='euler'), V, "solver_type must be 'midpoint' or 'heun'")
+case('kdiff.sample_dpmpp_3m_sde', 'eta < 0', lambda: sample_dpmpp_3m_sde(RING, X, SIG, eta=-1.), V, 'eta must be in [0, 1]')
+case('kdiff.BrownianTreeNoiseSampler', 'sigma_min > sigma_max', lambda: BrownianTreeNoiseSampler(X, 2., 1., seed=0), V, 'sigma_min must be < sigma_max')
+case('kdiff.dpm_fast_orders', 'n 0', lambda: dpm_fast_orders(0), V, 'n must be a positive integer')
+case('kdiff.dpm_solver_step', 'order 4', lambda: dpm_solver_step(lambda x, t: x, X, _t(0.), _t(1.), 4), V, 'order must be 1, 2 or 3')
+case('kdiff.sample_dpm_fast', 'eta NaN', lambda: sample_dpm_fast(RING, X, SIG, eta=NAN), V, 'eta must be a finite number')
+case('kdiff.sample_dpm_adaptive', 'rtol < 0', lambda: sample_dpm_adaptive(RING, X, SIG, rtol=-1.), V, 'rtol must be a finite number >= 0')
+case('kdiff.sample_dpm_adaptive', 'order 4', lambda: sample_dpm_adaptive(RING, X, SIG, order=4), V, 'order must be 2 or 3')
+for _name in ('unipc', 'dpmpp_3m', 'deis', 'lms', 'ipndm'):
+    _fn = getattr(multistep, f'sample_{_name}')
+    case(f'multistep.sample_{_name}', 'model returns None', (lambda f: lambda: f(_model_returning(lambda x: None), X, SIG))(_fn), T, 'got NoneType')
+    case(f'multistep.sample_{_name}', 'NaN at step 3', (lambda f: lambda: f(_nan_at(3), X, SIG))(_fn), FloatingPointError, 'non-finite')
+for _name in ('euler_ancestral', 'dpm_2', 'dpm_2_ancestral', 'dpmpp_2s_ancestral', 'dpmpp_sde', 'dpmpp_2m_sde', 'dpmpp_3m_sde', 'dpm_fast', 'dpm_adaptive'):
+    _fn = getattr(kdiff, f'sample_{_name}')
+    case(f'kdiff.sample_{_name}', 'model returns None', (lambda f: lambda: f(_model_returning(lambda x: None), X, SIG))(_fn), T, 'got NoneType')
+    case(f'kdiff.sample_{_name}', 'NaN at step 3', (lambda f: lambda: f(_nan_at(3), X, SIG))(_fn), FloatingPointError, 'non-finite')
 case('samplers.sample_heun', 'NaN at step 3', lambda: sample_heun(_nan_at(3), X, SIG), FloatingPointError, 'non-finite')
 case('samplers.sample_euler', 'integer x', lambda: sample_euler(RING, torch.zeros(4, 2, dtype=torch.long), SIG), T, 'x must be a real floating-point tensor')
 case('samplers.sample_euler', 'NaN x', lambda: sample_euler(RING, X * NAN, SIG), FloatingPointError, 'the starting batch x')
@@ -377,7 +420,7 @@ def test_bad_input(fn, exc, text):
 EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
-    'SAMPLERS': 'the registry (a dict)', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
+    'SAMPLERS': 'the registry (a dict)', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
     'StartOut': 'a plain dataclass of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
