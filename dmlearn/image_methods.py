@@ -294,8 +294,8 @@ def format_paths(rows, key='fd', floor=None):
     return '\n'.join(out) + (f"\nfloor (real vs held-out real, same n): {floor:.3f}" if floor is not None else '')
 
 # %% ../nbs/47_methods_on_images.ipynb #df9766c8
-START_DEFAULTS = {   # the settings of this chapter's tables
-    'prior': dict(sigma_start=1.0, prior='vae'),
+START_DEFAULTS = {   # the settings of this chapter's tables (σ′ = 5: the best of the ES-DDPM sweep at 10 NFE)
+    'prior': dict(sigma_start=5.0, prior=None),
     'aux': dict(sigma_T=5.0),
     'dlg': dict(step_size=0.02, n_chains=99, n_skip=4, burn_in=5, init_sampler='dpmpp_2m', init_nfe=5, renoise=0.3),
 }
@@ -309,7 +309,8 @@ def image_start(name:str, # 'gaussian', 'prior', 'aux' or 'dlg'
                 model, # the image denoiser the start is for (DLG's chains call it)
                 dataset:str, # 'digits' or 'fashion': which shipped checkpoints / training split to use
                 sigma_max:float=None, # the denoiser's largest σ (default: `model.sigma_max`, else 80)
-                **kw): # the start's settings (see `START_DEFAULTS`); 'prior': `prior` ('vae'|'gaussian'), `sigma_start`;
+                **kw): # the start's settings (see `START_DEFAULTS`); 'prior': `prior` ('vae'|'gaussian'; default: the shipped VAE
+                       # where there is one, else the Gaussian), `sigma_start`;
                        # 'aux': `sigma_T`; 'dlg': `DLGStart`'s arguments; 'prior'/'aux' also `root` (the data folder)
     "A `Start` by name for an image model, from the shipped checkpoints or Gaussians fitted to the dataset."
     if name not in IMAGE_STARTS: raise ValueError(f"unknown start {name!r}; choose one of {', '.join(IMAGE_STARTS)}")
@@ -323,7 +324,7 @@ def image_start(name:str, # 'gaussian', 'prior', 'aux' or 'dlg'
     if set(opts) - known: raise ValueError(f"unknown settings for the {name} start: {', '.join(sorted(set(opts) - known))}; "
                                            f"it takes {', '.join(sorted(known))}")
     if name == 'prior':
-        which = opts['prior']
+        which = opts['prior'] or ('vae' if 'vae' in SHIPPED.get(dataset, {}) else 'gaussian')
         if which == 'vae': prior = pretrained_vae(dataset)
         elif which == 'gaussian': g = _data_gaussian(dataset, opts.get('root')); prior = ImagePrior(g, g.shape, clamp=1.)
         else: raise ValueError(f"prior must be 'vae' or 'gaussian'; got {which!r}")

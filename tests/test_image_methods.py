@@ -106,3 +106,9 @@ def test_method_row_counts(model):
     r = IM.method_row(model, 16, GaussianStart(80.), 'heun', 7, 'x', tweedie_eps=0.002)
     assert r['path_nfe'] == 7 + 1 and r['start_nfe'] == 0 and r['nfe'] == r['nfe_full'] == 8   # heun: 4 steps = 2·4 − 1 calls, + Tweedie
     assert 'fd' in r and r['x'].shape == (16, 1, 8, 8)
+
+
+def test_image_start_prior_defaults(model):
+    st = IM.image_start('prior', model, 'digits')
+    assert isinstance(st.prior.gen, IM.VAE2d) and st.sigma_start == IM.START_DEFAULTS['prior']['sigma_start']
+    with pytest.raises(ValueError, match="prior must be 'vae' or 'gaussian'"): IM.image_start('prior', model, 'digits', prior='gan')
