@@ -9,7 +9,7 @@ import torch
 from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
 from .gmm import PRESETS, get_gmm, plot_density
-from .samplers import _setup, _b, _cb, register_sampler
+from .samplers import setup_sampler, sigma_like, notify, sampler_loop, register_sampler
 from .schedules import _check_n, _check_range, _finish, get_sigmas
 from .core import CountNFE, Recorder, check_sigmas
 
@@ -23,6 +23,7 @@ def _check_m(m, lo):
         raise ValueError(f"m (the number of terms) must be an integer >= {lo}; got {m!r}")
     return int(m)
 
+# %% ../nbs/20_scire.ipynb #da559be9
 def phi1(m): # number of terms kept, m >= 1
     "φ₁(m) = Σ_{k=1}^m (−1)^{k−1}/k!: the recursive-difference divisor (Li et al. 2023, Thm 3.1)."
     return sum((-1)**(k - 1) / math.factorial(k) for k in range(1, _check_m(m, 1) + 1))
@@ -31,6 +32,7 @@ def phi2(m): # number of terms kept, m >= 1
     "φ₂(m) = Σ_{k=2}^m (−1)^k/k!: the weight of the far-point term that the simplified RD drops (Cor. 3.1)."
     return sum((-1)**k / math.factorial(k) for k in range(2, _check_m(m, 1) + 1))
 
+# %% ../nbs/20_scire.ipynb #1c1c9fda
 PHIS = {'rd3': 2 / 3, 'rd_inf': 1 - math.exp(-1), 'fd': 1.}
 
 def resolve_phi(phi): # a positive number, or a name in `PHIS`
@@ -54,8 +56,9 @@ def _check_order(order, allowed, what='SciRE'):
 
 def _eps_fn(denoise, x):
     "ε̂(u, s) = (u − D(u; s))/s with s broadcast against the batch."
-    return lambda u, s: (u - denoise(u, s)) / _b(s, x)
+    return lambda u, s: (u - denoise(u, s)) / sigma_like(s, x)
 
+# %% ../nbs/20_scire.ipynb #99889fb5
 def step_scire(denoise, # `denoise(x, sigma)` -> D, sigma 0-d or [B]
                x, sigma, sigma_next, # the state at σ > σ_next > 0 (0-d or [B] tensors)
                order=2, # 1 (DDIM), 2 or 3
@@ -63,9 +66,10 @@ def step_scire(denoise, # `denoise(x, sigma)` -> D, sigma 0-d or [B]
                r2='paper', # third-order stage: 'paper' (r₂h/(2r₁φ), as published) or 'taylor' (r₂²h/(2r₁φ))
                eps=None): # ε̂ at (x, σ) if already known
     "One singlestep SciRE-V1-`order` step σ → σ_next > 0 (Li et al. 2023, Algorithms 1–2) in σ-coordinates."
-    _check_order(order, (1, 2, 3)); phi = resolve_phi(phi)
+    _check_order(order, (1, 2, 3))
+    phi = resolve_phi(phi)
     if r2 not in _R2: raise ValueError(f"r2 must be 'paper' or 'taylor'; got {r2!r}")
-    e, b = _eps_fn(denoise, x), (lambda v: _b(v, x))
+    e, b = _eps_fn(denoise, x), (lambda v: sigma_like(v, x))
     h = sigma_next - sigma                                               # negative: τ_t − τ_s
     e0 = e(x, sigma) if eps is None else eps
     if order == 1: return x + b(h) * e0                                  # DDIM
@@ -75,8 +79,8 @@ def step_scire(denoise, # `denoise(x, sigma)` -> D, sigma 0-d or [B]
         return x + b(h) * e0 + b(h / (2 * r1 * phi)) * (e1 - e0)          # Taylor step with the RD derivative
     r1, rr = 1 / 3, 2 / 3
     e1 = e(x + b(r1 * h) * e0, sigma + r1 * h)                           # Alg. 2: stage 1 (DDIM to s₁)
-    k = rr if r2 == 'paper' else rr**2
-    e2 = e(x + b(rr * h) * e0 + b(k * h / (2 * r1 * phi)) * (e1 - e0), sigma + rr * h)   # stage 2
+    gamma = rr if r2 == 'paper' else rr**2                               # the stage coefficient γ
+    e2 = e(x + b(rr * h) * e0 + b(gamma * h / (2 * r1 * phi)) * (e1 - e0), sigma + rr * h)   # stage 2
     return x + b(h) * e0 + b(h / (2 * rr * phi)) * (e2 - e0)
 
 # %% ../nbs/20_scire.ipynb #464f174a
@@ -84,18 +88,20 @@ def step_scire_multistep(x, eps, # state and ε̂ at σ
                          sigma, sigma_next, # current and next noise level (σ_next > 0)
                          old_eps=(), old_sigmas=(), # earlier ε̂ and σ, newest first; their number sets the order (0, 1 or 2 → order 1, 2, 3)
                          phi='rd3'): # RD divisor, as in `step_scire`
-    "One multistep SciRE-V1 step σ → σ_next (Li et al. 2023, App. G; the φ² scaling of the Oct-2023 code)."
+    "One multistep SciRE-V1 step σ → σ_next (Li et al. 2023, App. G; the φ² scaling of `scire_solver.py` at a0a73a8)."
     phi = resolve_phi(phi)
     if len(old_eps) != len(old_sigmas) or len(old_eps) > 2:
         raise ValueError(f"old_eps and old_sigmas must have the same length (0, 1 or 2); got {len(old_eps)} and {len(old_sigmas)}")
-    b = lambda v: _b(v, x)
+    b = lambda v: sigma_like(v, x)
     h = sigma_next - sigma
     out = x + b(h) * eps                                                 # DDIM part
     if len(old_eps) >= 1:
-        h0 = sigma - old_sigmas[0]; r0 = phi * h0 / h
+        h0 = sigma - old_sigmas[0]
+        r0 = phi * h0 / h
         out = out + b(h / (2 * r0 * phi)) * (eps - old_eps[0])            # D₁ term: h²/(2φ²h₀)·D₁
     if len(old_eps) == 2:
-        h1 = old_sigmas[0] - old_sigmas[1]; r1 = phi / (1 + phi) * h1 / h0
+        h1 = old_sigmas[0] - old_sigmas[1]
+        r1 = phi / (1 + phi) * h1 / h0
         out = out + b(h / (6 * r0 * phi * r1 * phi)) * (eps - 2 * old_eps[0] + old_eps[1])   # D₂ term
     return out
 
@@ -105,60 +111,82 @@ def _check_scirei_order(order):
                                     "use sample_dpm_solver(order=3))")
     _check_order(order, (1, 2), 'SciREI')
 
+# %% ../nbs/20_scire.ipynb #680b056c
 def step_scirei(denoise, # `denoise(x, sigma)` -> D, sigma 0-d or [B]
                 x, sigma, sigma_next, # the state at σ > σ_next > 0
                 order=2, # 1 (DDIM) or 2
                 phi='rd3', # RD divisor, as in `step_scire`
                 eps=None): # ε̂ at (x, σ) if already known
-    "One SciREI-Solver-`order` step σ → σ_next > 0: DPM-Solver's exponential integrator with the RD derivative (Li et al. 2023, §3.4)."
-    _check_scirei_order(order); phi = resolve_phi(phi)
-    e, b = _eps_fn(denoise, x), (lambda v: _b(v, x))
+    "One SciREI-Solver-`order` step σ → σ_next > 0: DPM-Solver's exponential integrator with the RD derivative (Li et al. 2023, SciREI-Solver)."
+    _check_scirei_order(order)
+    phi = resolve_phi(phi)
+    e, b = _eps_fn(denoise, x), (lambda v: sigma_like(v, x))
     h = (sigma / sigma_next).log()                                      # λ_t − λ_s > 0, λ = −log σ
     e0 = e(x, sigma) if eps is None else eps
     out = x - b(sigma_next * torch.expm1(h)) * e0                        # DDIM: σ_t(e^h − 1) = σ_s − σ_t
     if order == 1: return out
-    r1 = 0.5; s1 = sigma * (-r1 * h).exp()
+    r1 = 0.5
+    s1 = sigma * (-r1 * h).exp()
     u = x - b(s1 * torch.expm1(r1 * h)) * e0                             # DDIM step to λ_s + r₁h
     return out - b(sigma_next * (torch.expm1(h) - h) / (phi * r1 * h)) * (e(u, s1) - e0)
 
 # %% ../nbs/20_scire.ipynb #790c21fe
 _METHODS = ('singlestep', 'multistep')
 
-@torch.no_grad()
+def _check_scire_hp(order=2, phi='rd3', method='singlestep', r2='paper', **hp):
+    "The checks `sample_scire` makes (also run by `steps_for_nfe` before any budget arithmetic); returns φ as a float."
+    _check_order(order, (1, 2, 3))
+    if method not in _METHODS: raise ValueError(f"method must be 'singlestep' or 'multistep'; got {method!r}")
+    if r2 not in _R2: raise ValueError(f"r2 must be 'paper' or 'taylor'; got {r2!r}")
+    return resolve_phi(phi)
+
+def _check_scirei_hp(order=2, phi='rd3', **hp):
+    "The checks `sample_scirei` makes; returns φ as a float."
+    _check_scirei_order(order)
+    return resolve_phi(phi)
+
+# %% ../nbs/20_scire.ipynb #35b0cfe9
+@sampler_loop
 def sample_scire(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                  order=2, # 1 (DDIM), 2 or 3
                  phi='rd3', # RD divisor: number, 'rd3' (2/3, the paper's), 'rd_inf' (1−1/e) or 'fd' (1)
                  method='singlestep', # 'singlestep' (Alg. 1–2) or 'multistep' (App. G, one NFE per step)
                  r2='paper'): # singlestep order 3 only: 'paper' or 'taylor' stage coefficient
     "SciRE-Solver V1 (Li et al. 2023) in σ-coordinates; the step into σ = 0 returns D."
-    _check_order(order, (1, 2, 3)); phi = resolve_phi(phi)
-    if method not in _METHODS: raise ValueError(f"method must be 'singlestep' or 'multistep'; got {method!r}")
-    if r2 not in _R2: raise ValueError(f"r2 must be 'paper' or 'taylor'; got {r2!r}")
-    sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    phi = _check_scire_hp(order, phi, method, r2)
+    sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     old_eps, old_sig = [], []
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        if (sn == 0).all(): x = den; continue                            # last step: first order, D
-        eps = (x - den) / _b(s, x)
-        if method == 'singlestep': x = step_scire(D, x, s, sn, order, phi, r2, eps=eps)
+        den = D(x, s)
+        notify(callback, x, i, s, s, den)
+        if i == len(sigmas) - 2:                                         # the step into 0: first order, D
+            x = den
+            continue
+        eps = (x - den) / sigma_like(s, x)
+        if method == 'singlestep':
+            x = step_scire(D, x, s, sn, order, phi, r2, eps=eps)
         else:
             x = step_scire_multistep(x, eps, s, sn, old_eps, old_sig, phi)
             old_eps, old_sig = [eps, *old_eps][:order - 1], [s, *old_sig][:order - 1]
     return x
 
-@torch.no_grad()
+# %% ../nbs/20_scire.ipynb #f54634c9
+@sampler_loop
 def sample_scirei(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                   order=2, # 1 (DDIM) or 2
                   phi='rd3'): # RD divisor, as in `sample_scire`
     "SciREI-Solver (Li et al. 2023): exponential integrator with the RD derivative; the step into σ = 0 returns D."
-    _check_scirei_order(order); phi = resolve_phi(phi)
-    sigmas, D, _ = _setup(model, x, sigmas, extra_args, generator, noise_sampler)
+    phi = _check_scirei_hp(order, phi)
+    sigmas, D, _ = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     for i in trange(len(sigmas) - 1, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        den = D(x, s); _cb(callback, x, i, s, s, den)
-        if (sn == 0).all(): x = den; continue
-        x = step_scirei(D, x, s, sn, order, phi, eps=(x - den) / _b(s, x))
+        den = D(x, s)
+        notify(callback, x, i, s, s, den)
+        if i == len(sigmas) - 2:
+            x = den
+            continue
+        x = step_scirei(D, x, s, sn, order, phi, eps=(x - den) / sigma_like(s, x))
     return x
 
 # %% ../nbs/20_scire.ipynb #fcde914f
@@ -166,8 +194,9 @@ def get_sigmas_nsr(n, # number of steps (the grid has n+1 values)
                    sigma_min, sigma_max, # the last nonzero and the first σ
                    kappa=3.1, # κ ≥ 0: 0 is log-uniform (exponential), ∞ is uniform in σ; the paper's code uses 3.1
                    device='cpu', dtype=torch.float64):
-    "SciRE's NSR-type σ grid: uniform in −log(σ + κσ_min), ending in 0 (Li et al. 2023, §4; code `get_time_steps('NSR')`)."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    "SciRE's NSR-type σ grid: uniform in −log(σ + κσ_min), ending in 0 (Li et al. 2023; code: `get_time_steps('NSR')`)."
+    n = _check_n(n)
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (math.isfinite(kappa) and kappa >= 0):
         raise ValueError(f"kappa must be a finite number >= 0; got {kappa!r}")
     c = kappa * sigma_min
@@ -177,6 +206,7 @@ def get_sigmas_nsr(n, # number of steps (the grid has n+1 values)
     if n > 1: s[-1] = sigma_min
     return check_sigmas(_finish(s, device, dtype))
 
+# %% ../nbs/20_scire.ipynb #952e68f7
 def scire_grid(schedule, # 'nsr' (`get_sigmas_nsr`) or a name of `dmlearn.schedules.get_sigmas`
                steps, sigma_min=0.002, sigma_max=80., **kw):
     "A σ grid by name, including SciRE's 'nsr'."
@@ -194,16 +224,8 @@ _VARIANTS = {  # name: (fn, defaults, measured ODE order, description)
     'scire_2_fd': (sample_scire, {'order': 2, 'phi': 'fd'}, 2, 'SciRE-V1-2 with φ=1 (FD): midpoint rule in σ'),
     'scire_3_fd': (sample_scire, {'order': 3, 'phi': 'fd'}, 2, "SciRE-V1-3 with φ=1, published stage (order 2; r2='taylor' gives Heun-3)"),
     'scirei_2': (sample_scirei, {'order': 2, 'phi': 'rd3'}, 1, 'SciREI-2: exponential integrator + RD φ=2/3; measured ODE order 1'),
-    'scire_2m': (sample_scire, {'order': 2, 'phi': 'rd3', 'method': 'multistep'}, 1, 'SciRE-V1-2M multistep, φ² scaling (Oct-2023 code)'),
+    'scire_2m': (sample_scire, {'order': 2, 'phi': 'rd3', 'method': 'multistep'}, 1, 'SciRE-V1-2M multistep, φ² scaling (scire_solver.py at a0a73a8)'),
 }
-def _check_scire_hp(order=2, phi='rd3', method='singlestep', r2='paper', **hp):
-    "The checks `sample_scire` makes, for `steps_for_nfe` to run before any budget arithmetic."
-    _check_order(order, (1, 2, 3)); resolve_phi(phi)
-    if method not in _METHODS: raise ValueError(f"method must be 'singlestep' or 'multistep'; got {method!r}")
-    if r2 not in _R2: raise ValueError(f"r2 must be 'paper' or 'taylor'; got {r2!r}")
-
-def _check_scirei_hp(order=2, phi='rd3', **hp): _check_scirei_order(order); resolve_phi(phi)
-
 for _name, (_fn, _hp, _order, _desc) in _VARIANTS.items():
     register_sampler(_name, _fn, _nfe_scire, _order, False, min_steps=2, defaults=_hp, description=_desc,
                      check=_check_scirei_hp if _fn is sample_scirei else _check_scire_hp)
@@ -216,6 +238,7 @@ def _steps_for(nfe, order, method):
         raise ValueError(f"nfe={nfe} is too small for order {order} ({method}); it needs at least {_nfe_scire(2, order, method)}")
     return steps
 
+# %% ../nbs/20_scire.ipynb #d6f4cf5a
 def plot_scire(target='ring', # a preset name of `dmlearn.gmm` or a `GMM`
                order=2, phi='rd3', # SciRE order and RD divisor (1 = FD)
                schedule='nsr', # 'nsr' or a `get_sigmas` name ('karras', 'exponential', ...)
@@ -224,7 +247,8 @@ def plot_scire(target='ring', # a preset name of `dmlearn.gmm` or a `GMM`
                r2='paper', # third-order stage
                model=None, # denoiser; default: the target's exact one
                n=1000, n_paths=12, seed=0, sigma_min=0.002, sigma_max=80., lim=3.5, ax=None):
-    "One SciRE run on a 2-D mixture: samples, trajectories, counted NFE and cross-entropy; returns the axis."
+    "One SciRE run on a 2-D mixture: samples, trajectories, counted NFE and energy distance to exact samples; returns the axis."
+    from dmlearn.metrics import energy_distance
     gm = get_gmm(target) if isinstance(target, str) else target
     model = gm if model is None else model
     steps = _steps_for(int(nfe), order, method)
@@ -233,18 +257,22 @@ def plot_scire(target='ring', # a preset name of `dmlearn.gmm` or a `GMM`
     xT = sigma_max * torch.randn(n, gm.dim, generator=g, dtype=torch.float64)
     m, rec = CountNFE(model), Recorder(keys=('x',))
     x = sample_scire(m, xT, sig, callback=rec, order=order, phi=phi, method=method, r2=r2)
-    ce, h = -gm.log_prob(x).mean().item(), -gm.log_prob(gm.sample(n, generator=g)).mean().item()
+    ed = energy_distance(x, gm.sample(n, generator=g))
     if ax is None: _, ax = plt.subplots(figsize=(3.4, 3.4), dpi=60)
     plot_density(gm, 0., ax=ax, lim=lim)
     tr = torch.cat([rec.stack('x'), x[None]])[:, :n_paths]
     keep = torch.cat([sig[:-1] < 3., torch.tensor([True])])              # the part of the path inside the frame
     for j in range(tr.shape[1]): ax.plot(tr[keep, j, 0], tr[keep, j, 1], '-', color='tab:red', lw=.8, alpha=.8)
     ax.scatter(x[:, 0], x[:, 1], s=1, c='k', alpha=.35)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.set_title(f"SciRE-{order}{'M' if method == 'multistep' else ''} φ={resolve_phi(phi):.3g}, {schedule}, NFE {m.nfe}\n"
-                 f"cross-entropy {ce:.3f} (exact {h:.3f})", fontsize=8)
+                 f"energy distance {ed:+.4f}", fontsize=8)
     return ax
 
+# %% ../nbs/20_scire.ipynb #40120907
 def explore_scire(**kw): # passed to `plot_scire` (e.g. `n`, `model`, `seed`)
     "`plot_scire` on sliders: target, order, φ, schedule, NFE and method (needs a kernel with ipywidgets); returns the widget."
     from ipywidgets import interactive, Dropdown, FloatSlider, IntSlider
