@@ -443,6 +443,7 @@ def goal_benchmark(target, # a preset name, a mixture JSON file or a `GMM`
                    tune=False, # fit grids to the best cell per path budget (needs dmlearn.tuning); True or a fit_sigmas method
                    tune_budgets=None, # the path budgets to fit at (default: all)
                    path_budgets=None, # the path budgets of our cells (default: every budget up to the largest total)
+                   eval_totals=None, # the totals whose chosen cells are scored with `n_eval` (default: all of `totals`)
                    progress=False):
     "Best start × path × schedule per total NFE against the best diffusers scheduler at its defaults and on a tuned grid, with the floor."
     from dmlearn.cli import get_target
@@ -462,9 +463,13 @@ def goal_benchmark(target, # a preset name, a mixture JSON file or a `GMM`
     t_sel = time.time() - t0
     fr = {'ours': frontier(ours, totals), 'peer_default': frontier([c for c in peer_cells if c['grid'] == 'default'], totals),
           'peer_tuned': frontier(peer_cells, totals)}
-    ev = evaluate(gm, [c for f in fr.values() for c in f.values()], n_eval, seeds)
+    et = totals if eval_totals is None else [int(b) for b in eval_totals]
+    if not set(et) <= set(totals): raise ValueError(f"eval_totals {et} must be among totals {totals}")
+    ev = evaluate(gm, [f[B] for f in fr.values() for B in et], n_eval, seeds)
     floor = sampling_floor(gm, n_eval, seeds)
-    table = {B: {side: (None if f[B] is None else ev[f"{f[B]['label']}@{f[B]['budget']}"]) for side, f in fr.items()} for B in totals}
+    table = {B: {side: (None if f[B] is None else ev[f"{f[B]['label']}@{f[B]['budget']}"]) for side, f in fr.items()} for B in et}
+    chosen = {side: {B: (None if c is None else {k: c[k] for k in ('label', 'total', 'energy', 'modes')}) for B, c in f.items()}
+              for side, f in fr.items()}
     goals = {}
     for B, g in GOALS.items():
         if B not in table or table[B]['ours'] is None: continue
@@ -476,7 +481,7 @@ def goal_benchmark(target, # a preset name, a mixture JSON file or a `GMM`
                     'modes': o['modes_mean'], 'modes_limit': g['modes'], 'modes_met': o['modes_mean'] <= g['modes'],
                     'best_peer': None if best_peer is None else best_peer['label'],
                     'ratio_to_best_peer': None if best_peer is None else o['energy_mean'] / best_peer['energy_mean']}
-    return {'target': label, 'totals': totals, 'n_select': n_select, 'n_eval': n_eval, 'seeds': list(seeds), 'floor': floor,
+    return {'target': label, 'totals': totals, 'eval_totals': et, 'chosen': chosen, 'n_select': n_select, 'n_eval': n_eval, 'seeds': list(seeds), 'floor': floor,
             'table': table, 'goals': goals, 'notes': notes, 'n_cells': {'ours': len(ours), 'peers': len(peer_cells)},
             'selection_s': t_sel, 'total_s': time.time() - t0, 'selection': {'ours': ours, 'peers': peer_cells}}
 
@@ -509,14 +514,18 @@ def plot_frontier(res, ax=None):
         _, ax = plt.subplots(figsize=(6, 4), dpi=80)
     styles = {'ours': ('o-', 'start × path × schedule (dmlearn)'), 'peer_default': ('s--', 'best diffusers scheduler, defaults'),
               'peer_tuned': ('^:', 'best diffusers scheduler, tuned grid')}
-    for side, (st, lab) in styles.items():
+    for k, (side, (st, lab)) in enumerate(styles.items()):
+        col = f"C{k}"
+        sel = [(B, c['energy']) for B, c in res['chosen'][side].items() if c is not None and c['energy'] > 0]
+        if sel: ax.plot(*zip(*sel), st[1:], color=col, lw=0.8, alpha=0.5)   # as chosen (n_select, seed 0), every total
         pts = [(B, r[side]['energy_mean'], r[side]['energy_std']) for B, r in res['table'].items() if r[side] is not None]
         if pts:
             B, m, s = zip(*pts)
-            ax.errorbar(B, [max(v, 1e-7) for v in m], yerr=s, fmt=st, ms=4, capsize=2, label=lab)
+            ax.errorbar(B, [max(v, 1e-7) for v in m], yerr=s, fmt=st[0], color=col, ms=5, capsize=2, label=lab + ' (scored)')
     f = res['floor']['energy_rms']
     ax.axhline(f, color='k', lw=1, label=f"sampling floor (RMS, n={res['floor']['n']})")
     ax.axhline(2 * f, color='k', lw=1, ls=':', label='2 × floor')
     ax.set_yscale('log'); ax.set_xlabel('total NFE per output (path + start)'); ax.set_ylabel('energy distance')
-    ax.set_title(f"{res['target']}: the frontier", fontsize=9); ax.legend(fontsize=7)
+    ax.set_title(f"{res['target']}: the frontier (thin: as chosen, n={res['n_select']}; markers: scored, n={res['n_eval']}, mean ± std)", fontsize=8)
+    ax.legend(fontsize=6)
     return ax
