@@ -6,15 +6,19 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass
+from importlib.resources import files
 import torch
+from torch import nn
 from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from .core import CountNFE, append_dims, batch_sigma, check_finite, randn_like, check_model_output
 from .samplers import Start, StartOut, Samples, GaussianStart, generate, get_sampler, make_sigmas, steps_for_nfe
 
 # %% auto #0
-__all__ = ['check_noise_grid', 'noise_grid', 'level_prior', 'NoisePosterior', 'ExactNoisePosterior', 'ClassifierNoisePosterior',
-           'ula_step', 'ula_stationary_var', 'run_dlg', 'DLGStart', 'tweedie_step', 'DMCMCSamples', 'generate_tweedie',
-           'vanilla_at_equal_nfe', 'dlg_vs_path', 'format_rows', 'plot_dlg', 'explore_dlg']
+__all__ = ['NOISE_MLP_SHA256', 'check_noise_grid', 'noise_grid', 'level_prior', 'NoisePosterior', 'ExactNoisePosterior',
+           'ClassifierNoisePosterior', 'ula_step', 'ula_stationary_var', 'run_dlg', 'dlg_init', 'dlg_blocks',
+           'DLGStart', 'tweedie_step', 'DMCMCSamples', 'generate_tweedie', 'vanilla_at_equal_nfe', 'dlg_vs_path',
+           'format_rows', 'NoiseMLP', 'train_noise_mlp', 'posterior_agreement', 'save_noise_mlp',
+           'load_noise_posterior', 'pretrained_noise_posterior', 'plot_dlg', 'explore_dlg']
 
 # %% ../nbs/32_dmcmc.ipynb #34c92900
 def check_noise_grid(sigmas):
@@ -38,9 +42,11 @@ def noise_grid(n_levels=100, # L, the number of levels (DMCMC's classifier has 1
 def _cell_widths(u):
     "Width of each point's Voronoi cell on the line (end cells mirrored), in the input's order."
     if u.numel() == 1: return torch.ones_like(u)
-    o = u.argsort(); us = u[o]
+    o = u.argsort()
+    us = u[o]
     e = torch.cat([us[:1] - (us[1] - us[0]) / 2, (us[1:] + us[:-1]) / 2, us[-1:] + (us[-1] - us[-2]) / 2])
-    w = torch.empty_like(u); w[o] = e[1:] - e[:-1]
+    w = torch.empty_like(u)
+    w[o] = e[1:] - e[:-1]
     return w
 
 def level_prior(sigmas, # the σ grid
@@ -80,11 +86,14 @@ class ExactNoisePosterior(NoisePosterior):
     def __init__(self, gmm, # the data mixture (a `GMM`)
                  sigmas, # the σ grid `[L]`
                  prior='log-uniform'): # see `level_prior`
-        super().__init__(sigmas); self.gmm = gmm
-        self.prior = level_prior(self.sigmas, prior); self._logprior = self.prior.clamp_min(1e-300).log()
+        super().__init__(sigmas)
+        self.gmm = gmm
+        self.prior = level_prior(self.sigmas, prior)
+        self._logprior = self.prior.clamp_min(1e-300).log()
     def log_joint(self, x, chunk=4096):
         "log π_j + log p_{σ_j}(x), shape `[B, L]`, all levels at once (the formula of `GMM.log_prob`)."
-        g = self.gmm; x = g._x(x)
+        g = self.gmm
+        x = g._x(x)
         lc = g._lam[:, :, None] + self.sigmas.to(x)[None, None, :]**2                     # λ_k + σ_j², [K, d, L]
         out = []
         for xb in x.split(chunk):
@@ -110,15 +119,15 @@ class ClassifierNoisePosterior(NoisePosterior):
 def ula_step(x, # the batch `[B, ...]`
              denoised, # D(x; σ), same shape
              sigma, # σ: a number or `[B]`
-             step_size, # η (absolute, not scaled by σ²)
+             step_size, # δ (absolute, not scaled by σ²)
              noise): # z ~ N(0, I), same shape as x
-    "One unadjusted Langevin step on p_σ: x + η (D - x)/σ² + √(2η) z (the score from the denoiser)."
+    "One unadjusted Langevin step on p_σ: x + δ (D - x)/σ² + √(2δ) z (the score from the denoiser)."
     s = append_dims(batch_sigma(sigma, x), x.ndim)
     return x + step_size * (denoised - x) / s**2 + math.sqrt(2 * step_size) * noise
 
 def ula_stationary_var(v, # the target's variance in one direction
-                       step_size): # η
-    "Stationary variance of ULA on N(m, v): v / (1 - η/(2v)); it exists only for 0 < η < 2v."
+                       step_size): # δ
+    "Stationary variance of ULA on N(m, v): v / (1 - δ/(2v)); it exists only for 0 < δ < 2v."
     if not 0 < step_size < 2 * v: raise ValueError(f"ULA on N(m, {v:g}) converges only for 0 < step_size < 2v = {2 * v:g}; got {step_size}")
     return v / (1 - step_size / (2 * v))
 
@@ -136,13 +145,15 @@ def run_dlg(model, # the denoiser `model(x, sigma[B]) -> D`
             x, # chain states `[C, ...]`
             level, # their level indices into `posterior.sigmas`, `[C]` (long)
             n_steps, # number of Langevin–Gibbs iterations
-            step_size, # ULA step η
+            step_size, # ULA step δ
             level_update='argmax', # 'argmax' (the DMCMC code), 'sample' (exact Gibbs) or 'fixed' (no level update)
             *, generator=None, callback=None):
     "Run `n_steps` Denoising Langevin Gibbs iterations; returns the final (x, level) and the number of posterior calls."
-    step_size = _check_num('step_size', step_size); n_steps = _check_num('n_steps', n_steps, integer=True, zero_ok=True)
+    step_size = _check_num('step_size', step_size)
+    n_steps = _check_num('n_steps', n_steps, integer=True, zero_ok=True)
     if level_update not in ('argmax', 'sample', 'fixed'): raise ValueError(f"level_update must be 'argmax', 'sample' or 'fixed'; got {level_update!r}")
-    sig = posterior.sigmas.to(x); calls = 0
+    sig = posterior.sigmas.to(x)
+    calls = 0
     for i in range(n_steps):
         s = sig[level]
         den = check_model_output(model(x, s), x, f"the model's output at chain step {i}")  # one NFE
@@ -153,16 +164,50 @@ def run_dlg(model, # the denoiser `model(x, sigma[B]) -> D`
     return x, level, calls
 
 # %% ../nbs/32_dmcmc.ipynb #075cd889
+@torch.no_grad()
+def dlg_init(model, posterior, n_chains, shape, # the denoiser, the noise posterior, C and one sample's shape
+             init_sampler='heun', init_nfe=19, # the cheap full solve from the grid's σ_max (init_nfe=0: none)
+             renoise=0.5, level_update='argmax', *, generator=None, dtype=torch.float64, device='cpu'):
+    "Steps 1–2 of DLG: x ~ N(0, σ_max²), a cheap full solve, re-noise, read off the level; returns (x, level, posterior calls)."
+    sig = posterior.sigmas.to(dtype=dtype, device=device)
+    smax, smin = sig.max().item(), sig.min().item()
+    x = smax * torch.randn((n_chains, *tuple(shape)), generator=generator, dtype=dtype, device=device)
+    if not init_nfe: return x, torch.full((n_chains,), int(sig.argmax()), device=device), 0
+    info = get_sampler(init_sampler)
+    grid = make_sigmas('karras', steps_for_nfe(init_sampler, init_nfe, **info.defaults), smin, smax, dtype=dtype).to(device)
+    x = info.fn(model, x, grid, generator=generator, **info.defaults)                   # step 1: the cheap solve
+    x = x + renoise * randn_like(x, generator)                                          # step 2: re-noise ...
+    return x, posterior.update(x, level_update, generator), 1                          # ... and read off the level
+
+@torch.no_grad()
+def dlg_blocks(model, posterior, x, level, # the denoiser, the noise posterior, chain states `[C, ...]` and levels `[C]`
+               n_blocks, n_skip, step_size, level_update='argmax', *, generator=None, callback=None):
+    "Step 4 of DLG: `n_blocks` blocks of `n_skip` iterations, each handing out its smallest-σ̂ state (the block's start included)."
+    sig = posterior.sigmas.to(x)
+    xs, ls, calls = [], [], 0
+    for _ in range(n_blocks):
+        best_x, best_l = x.clone(), level.clone()
+        def keep(d):
+            better = sig[d['level']] < sig[best_l]
+            best_x[better], best_l[better] = d['x'][better], d['level'][better]
+            if callback is not None: callback(d)
+        x, level, c = run_dlg(model, posterior, x, level, n_skip, step_size, level_update, generator=generator, callback=keep)
+        xs.append(best_x)
+        ls.append(best_l)
+        calls += c
+    return torch.cat(xs), torch.cat(ls), x, level, calls
+
+# %% ../nbs/32_dmcmc.ipynb #14ae6a3e
 class DLGStart(Start):
     "DMCMC's Denoising Langevin Gibbs start: chains on (x, σ) hand out states with their own σ̂ (Kim & Ye 2022)."
     def __init__(self, model, # the denoiser `model(x, sigma[B]) -> D` (score = (D - x)/σ²)
                  noise_posterior, # a `NoisePosterior`: `log_probs(x) -> [B, L]` over `.sigmas`
-                 step_size=0.01, # ULA step η: x + η·score + √(2η)·z (the code's η' is 2η)
+                 step_size=0.01, # ULA step δ: x + δ·score + √(2δ)·z (the code's δ' is 2δ)
                  n_chains=1000, # C, chains run in parallel (capped at the number of outputs)
                  n_skip=4, # K, Langevin–Gibbs iterations per output
                  level_update='argmax', # 'argmax' (the DMCMC code) or 'sample' (a draw from the posterior)
                  burn_in=20, # DLG iterations after the init, not handed out
-                 burn_in_step_size=None, # η during burn-in (default: `step_size`)
+                 burn_in_step_size=None, # δ during burn-in (default: `step_size`)
                  init_sampler='heun', # the cheap initial solve from the grid's σ_max ...
                  init_nfe=19, # ... with this many NFE (0: start the chains from N(0, σ_max²) at σ_max)
                  renoise=0.5, # std of the noise added after the init solve (data units)
@@ -188,49 +233,36 @@ class DLGStart(Start):
 
     @torch.no_grad()
     def __call__(self, n, shape, generator=None, dtype=torch.float64, device='cpu'):
-        n = _check_num('n', n, integer=True); C, K = min(self.n_chains, n), self.n_skip; M = -(-n // C)
+        n = _check_num('n', n, integer=True)
+        C, K = min(self.n_chains, n), self.n_skip
+        M = -(-n // C)
         m, post = CountNFE(self.model), self.posterior
-        sig = post.sigmas.to(dtype=dtype, device=device); smax, smin = sig.max().item(), sig.min().item()
-        # Alg. B l.1: start at σ_max, run a cheap full solve
-        x = smax * torch.randn((C, *tuple(shape)), generator=generator, dtype=dtype, device=device)
-        if self.init_nfe:
-            info = get_sampler(self.init_sampler)
-            grid = make_sigmas('karras', steps_for_nfe(self.init_sampler, self.init_nfe, **info.defaults), smin, smax, dtype=dtype).to(device)
-            x = info.fn(m, x, grid, generator=generator, **info.defaults)
-            x = x + self.renoise * randn_like(x, generator)                              # l.2: re-noise
-            level = post.update(x, self.level_update, generator)                         # l.3: read off the level
-        else: level = torch.full((C,), int(sig.argmax()), device=device)
-        s_med = sig[level].median().item()                                               # where the chains start
-        for what, eta in (('step_size', self.step_size), ('burn_in_step_size', self.burn_in_step_size)):
-            if eta >= 2 * s_med**2:
-                raise ValueError(f"{what}={eta:g} >= 2σ̂² = {2 * s_med**2:.3g} at σ̂ = {s_med:.3g}, the median level the chains start from: "
+        sig = post.sigmas.to(dtype=dtype, device=device)
+        x, level, n_post = dlg_init(m, post, C, shape, self.init_sampler, self.init_nfe, self.renoise, self.level_update,
+                                    generator=generator, dtype=dtype, device=device)                # steps 1-2
+        s_med = sig[level].median().item()                                                       # where the chains start
+        for what, d in (('step_size', self.step_size), ('burn_in_step_size', self.burn_in_step_size)):
+            if d >= 2 * s_med**2:
+                raise ValueError(f"{what}={d:g} >= 2σ̂² = {2 * s_med**2:.3g} at σ̂ = {s_med:.3g}, the median level the chains start from: "
                                  f"the Langevin step is unstable where the chains are (use {what} < {2 * s_med**2:.3g})")
-        n_init, n_post = m.nfe, int(self.init_nfe > 0)
-        # l.4: burn-in
-        x, level, c = run_dlg(m, post, x, level, self.burn_in, self.burn_in_step_size, self.level_update, generator=generator, callback=self._cb('burn_in'))
+        n_init = m.nfe
+        x, level, c = run_dlg(m, post, x, level, self.burn_in, self.burn_in_step_size, self.level_update,
+                              generator=generator, callback=self._cb('burn_in'))                  # step 3: burn-in
         n_burn, n_post, rows0 = m.nfe - n_init, n_post + c, m.n_evals
-        # l.5: M blocks of K iterations; each hands out the state with the smallest σ̂, the block's start included
-        xs, ls, cb = [], [], self._cb('main')
-        for _ in range(M):
-            best_x, best_l = x.clone(), level.clone()
-            def keep(d):
-                better = sig[d['level']] < sig[best_l]
-                best_x[better], best_l[better] = d['x'][better], d['level'][better]
-                if cb is not None: cb(d)
-            x, level, c = run_dlg(m, post, x, level, K, self.step_size, self.level_update, generator=generator, callback=keep)
-            xs.append(best_x); ls.append(best_l); n_post += c
-        self.state = (x, level)                                                          # the chains go on from here
+        xs, ls, x, level, c = dlg_blocks(m, post, x, level, M, K, self.step_size, self.level_update,
+                                         generator=generator, callback=self._cb('main'))          # step 4: blocks
+        self.state = (x, level)                                                                  # the chains go on from here
         cost = {'nfe': (m.n_evals - rows0) / n, 'nfe_with_init': m.n_evals / n, 'chain_nfe_total': m.nfe, 'init_nfe': n_init,
-                'burn_in_nfe': n_burn, 'main_nfe': m.nfe - n_init - n_burn, 'posterior_calls': n_post,
-                'posterior_per_output': n_post * C / n, 'n_chains': C, 'outputs_per_chain': M}
-        return StartOut(torch.cat(xs)[:n], sig[torch.cat(ls)[:n]], cost)
+                'burn_in_nfe': n_burn, 'main_nfe': m.nfe - n_init - n_burn, 'posterior_calls': n_post + c,
+                'posterior_per_output': (n_post + c) * C / n, 'n_chains': C, 'outputs_per_chain': M}
+        return StartOut(xs[:n], sig[ls[:n]], cost)
     def __repr__(self):
         return (f"DLGStart(step_size={self.step_size:g}, n_chains={self.n_chains}, n_skip={self.n_skip}, "
                 f"level_update={self.level_update!r}, burn_in={self.burn_in}, {self.posterior!r})")
 
 # %% ../nbs/32_dmcmc.ipynb #ea0b6abd
 def tweedie_step(model, x, eps=0.002):
-    "The final Tweedie denoise at a tiny level ε: x + ε² ∇log p_ε(x) = D(x; ε) (one NFE; DMCMC's `twd_eps`)."
+    "The final Tweedie denoise at a tiny level σ_tw: x + σ_tw² ∇log p_σ_tw(x) = D(x; σ_tw) (one NFE; DMCMC's `twd_eps`)."
     eps = _check_num('tweedie eps', eps)
     return check_finite(check_model_output(model(x, batch_sigma(eps, x)), x, "the model's output at the Tweedie step"), 'the Tweedie step')
 
@@ -247,7 +279,7 @@ class DMCMCSamples(Samples):
                 'total_with_init': c.get('nfe_with_init', c.get('nfe', 0)) + self.nfe, 'posterior_calls': c.get('posterior_calls', 0)}
 
 def generate_tweedie(model, n, start=None, sampler='heun', nfe=20, *,
-                     tweedie_eps=0.002, # ε of the final Tweedie step (None: no Tweedie step)
+                     tweedie_eps=0.002, # σ_tw of the final Tweedie step (None: no Tweedie step)
                      **kw): # passed to `generate` (schedule, sigma_min, generator, ...)
     "`generate` followed by DMCMC's final Tweedie step; the NFE of chain, path and Tweedie are counted separately."
     s = generate(model, n, sampler=sampler, nfe=nfe, start=start, **kw)
@@ -298,8 +330,114 @@ def format_rows(rows, keys=('preset', 'model', 'sampler', 'method', 'nfe', 'nfe_
     return '\n'.join('  '.join(c[i].rjust(w[i]) for i in range(len(keys))) for c in cells)
 
 # %% ../nbs/32_dmcmc.ipynb #eca02086
+class NoiseMLP(nn.Module):
+    "A small MLP noise-level classifier for points: `[B, dim]` -> `[B, L]` logits (features x/scale and log(1 + ‖x/scale‖²))."
+    def __init__(self, dim=2, n_levels=100, hidden=128, depth=3,
+                 scale=1.): # the data's scale: inputs are divided by it
+        super().__init__()
+        self.config = dict(dim=_check_num('dim', dim, integer=True), n_levels=_check_num('n_levels', n_levels, integer=True),
+                           hidden=_check_num('hidden', hidden, integer=True), depth=_check_num('depth', depth, integer=True),
+                           scale=_check_num('scale', scale))
+        layers, d = [], self.config['dim'] + 1
+        for _ in range(self.config['depth']):
+            layers += [nn.Linear(d, self.config['hidden']), nn.SiLU()]
+            d = self.config['hidden']
+        self.net = nn.Sequential(*layers, nn.Linear(d, self.config['n_levels']))
+    @property
+    def n_levels(self): return self.config['n_levels']
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.config['dim']:
+            raise ValueError(f"NoiseMLP takes points [B, {self.config['dim']}]; got shape {tuple(x.shape)}")
+        p = next(self.parameters())
+        x = x.to(p) / self.config['scale']
+        return self.net(torch.cat([x, torch.log1p((x**2).sum(-1, keepdim=True))], -1))
+
+# %% ../nbs/32_dmcmc.ipynb #eda0ba50
+def train_noise_mlp(data, # a sampler (`.sample(n, generator)`, e.g. a `GMM`) or a tensor of points `[N, dim]`
+                    sigmas, # the level grid `[L]`
+                    steps=1000, batch=512, lr=3e-3, seed=0,
+                    prior='index', # the label distribution (see `level_prior`; 'index' = uniform over levels, as in the paper)
+                    callback=None, # called as `callback(step, net)` after each step (e.g. to record a learning curve)
+                    **kw): # `NoiseMLP` arguments (hidden, depth, scale)
+    "Train a `NoiseMLP` as Kim & Ye train DLG's classifier: a fresh level per sample per step, cross-entropy over the grid."
+    sig = check_noise_grid(sigmas)
+    pr = level_prior(sig, prior)
+    steps, batch = _check_num('steps', steps, integer=True), _check_num('batch', batch, integer=True)
+    lr, seed = _check_num('lr', lr), _check_num('seed', seed, integer=True, zero_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    if not callable(getattr(data, 'sample', None)):
+        pts = torch.as_tensor(data, dtype=torch.float64)
+        if pts.ndim != 2 or len(pts) < 2: raise ValueError(f"data must be a sampler or points [N, dim] with N >= 2; got shape {tuple(pts.shape)}")
+    draw = data.sample if callable(getattr(data, 'sample', None)) else (lambda b, generator: pts[torch.randint(len(pts), (b,), generator=generator)])
+    dim = draw(2, generator=g).shape[1]
+    with torch.random.fork_rng():                                     # torch's global RNG (the weights' init) is left as it was
+        torch.manual_seed(seed)
+        net = NoiseMLP(dim, len(sig), **kw)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    net.losses = []
+    for step in range(steps):
+        y = draw(batch, generator=g).to(torch.float64)
+        j = torch.multinomial(pr, batch, replacement=True, generator=g)                    # a fresh level for every sample
+        x = y + sig[j][:, None] * torch.randn(y.shape, generator=g, dtype=torch.float64)   # noised to its own level
+        loss = nn.functional.cross_entropy(net(x), j)                                      # cross-entropy over the grid
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        net.losses.append(loss.item())
+        if callback is not None: callback(step, net)
+    return net.eval()
+
+def posterior_agreement(post, # the `NoisePosterior` under test (e.g. a `ClassifierNoisePosterior`)
+                        ref, # the reference (e.g. the `ExactNoisePosterior`), on the same grid
+                        data, # the data sampler the points are noised from
+                        n=20_000, seed=1, tol=3): # points; seed; `tol`: levels of slack for the near-agreement
+    "On points noised as in training (j ~ the reference's prior): mean KL(ref ‖ post) ± s.e., argmax agreement exactly and within ±`tol` levels."
+    if post.sigmas.shape != ref.sigmas.shape or not torch.allclose(post.sigmas, ref.sigmas):
+        raise ValueError(f"the two posteriors must share one σ grid; got {post.n_levels} and {ref.n_levels} levels")
+    g = torch.Generator().manual_seed(seed)
+    pr = getattr(ref, 'prior', level_prior(ref.sigmas))
+    j = torch.multinomial(pr, _check_num('n', n, integer=True), replacement=True, generator=g)
+    y = data.sample(len(j), generator=g)
+    x = y + ref.sigmas[j][:, None] * torch.randn(y.shape, generator=g, dtype=torch.float64)
+    lr_, lp = ref.log_probs(x), post.log_probs(x)
+    kl = (lr_.exp() * (lr_ - lp)).sum(-1)
+    a, b = lr_.argmax(-1), lp.argmax(-1)
+    return {'kl': kl.mean().item(), 'kl_se': (kl.std() / math.sqrt(len(kl))).item(),
+            'argmax_agree': (a == b).double().mean().item(), f'within_{tol}': ((a - b).abs() <= tol).double().mean().item()}
+
+# %% ../nbs/32_dmcmc.ipynb #662658e1
+NOISE_MLP_SHA256 = {'ring': 'f1fffde064f64462f857c3bd65e706d8537075be45b95fdc2a2b6fc7bce8e374'}   # of each shipped file (retraining changes it)
+
+def _noise_mlp_path(name): return files('dmlearn') / 'data' / f'noise_mlp_{name}.safetensors'
+
+def save_noise_mlp(net:NoiseMLP, sigmas, path, info=None):
+    "Write a `NoiseMLP` and its σ grid as a verified `dmlearn.checkpoint` file; returns the path."
+    from dmlearn.checkpoint import save_checkpoint
+    sig = check_noise_grid(sigmas)
+    if len(sig) != net.n_levels: raise ValueError(f"the net has {net.n_levels} classes; the grid has {len(sig)} levels")
+    tensors = {**{f'net.{k}': v for k, v in net.state_dict().items()}, 'sigmas': sig}
+    return save_checkpoint(path, tensors, {'kind': 'NoiseMLP', **net.config}, info)
+
+def load_noise_posterior(path, expected_sha256=None):
+    "A `ClassifierNoisePosterior` from a file written by `save_noise_mlp` (verified; `expected_sha256`: of the whole file)."
+    from dmlearn.checkpoint import load_checkpoint, CheckpointError
+    ck = load_checkpoint(path, expected_sha256)
+    if ck.config.get('kind') != 'NoiseMLP': raise CheckpointError(f"{path} holds a {ck.config.get('kind')!r}, not a NoiseMLP")
+    cfg = {k: v for k, v in ck.config.items() if k != 'kind'}
+    net = NoiseMLP(**cfg)
+    net.load_state_dict({k[4:]: v for k, v in ck.tensors.items() if k.startswith('net.')})
+    return ClassifierNoisePosterior(net.eval(), ck.tensors['sigmas'])
+
+def pretrained_noise_posterior(name='ring'): # a preset with a shipped classifier
+    "The shipped noise-level classifier of preset `name` (trained in the DMCMC chapter), verified against `NOISE_MLP_SHA256`."
+    if name not in NOISE_MLP_SHA256: raise ValueError(f"no shipped noise classifier for {name!r}; choose one of {', '.join(NOISE_MLP_SHA256)}")
+    return load_noise_posterior(_noise_mlp_path(name), NOISE_MLP_SHA256[name])
+
+# %% ../nbs/32_dmcmc.ipynb #c1a09e36
 def plot_dlg(gm=None, # the true mixture (default: the ring)
-             step_size=0.01, n_skip=4, # η and K
+             step_size=0.01, n_skip=4, # δ and K
              chain_length=10, # outputs per chain (chains = n / chain_length)
              sampler='dpmpp_2m', # the path
              nfe=10, # total NFE per output by the paper's count: K + path + 1 (Tweedie)
@@ -310,7 +448,8 @@ def plot_dlg(gm=None, # the true mixture (default: the ring)
     from dmlearn.metrics import energy_distance, mode_weight_error
     gm = get_gmm('ring') if gm is None else (get_gmm(gm) if isinstance(gm, str) else gm)
     model = gm if model is None else model
-    n_skip = _check_num('n_skip', n_skip, integer=True); chain_length = _check_num('chain_length', chain_length, integer=True)
+    n_skip = _check_num('n_skip', n_skip, integer=True)
+    chain_length = _check_num('chain_length', chain_length, integer=True)
     path_nfe = nfe - n_skip - 1
     if path_nfe < 1: raise ValueError(f"nfe={nfe} leaves no budget for the path after K={n_skip} chain steps and the Tweedie step")
     post = ExactNoisePosterior(gm, noise_grid(100, 0.01, 10.))
@@ -319,24 +458,30 @@ def plot_dlg(gm=None, # the true mixture (default: the ring)
     d = generate_tweedie(model, n, start=st, sampler=sampler, nfe=path_nfe, **kw)
     v = vanilla_at_equal_nfe(model, n, d.total_nfe, sampler, shape=(gm.dim,), generator=torch.Generator().manual_seed(seed + 1))
     ref = gm.sample(4000, torch.Generator().manual_seed(seed + 2))
-    if axs is None: _, axs = plt.subplots(1, 2, figsize=(6.4, 3.2), dpi=60)
+    if axs is None: _, axs = plt.subplots(1, 2, figsize=(6.4, 3.2), dpi=90)
     for ax, s_, lbl in zip(axs, [d, v], [f"DLG + {sampler}", f"{sampler} alone"]):
         plot_density(gm, 0., ax=ax, lim=lim)
         ax.scatter(s_.x[:, 0], s_.x[:, 1], s=2, c='C1', alpha=0.6, linewidths=0)
-        ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
         ax.set_title(f"{lbl}: {s_.total_nfe:g} NFE\nED {energy_distance(s_.x, ref):.4f}, mode TV {mode_weight_error(s_.x, gm):.3f}", fontsize=8)
     return axs
 
 def explore_dlg(gm=None, n=1000): # the true mixture (default: the ring); outputs per draw
-    "Sliders for `plot_dlg`: η, K, chain length, path and total NFE (needs a kernel)."
+    "`plot_dlg` on sliders: δ, K, chain length, path and total NFE (needs a kernel with ipywidgets); returns the widget, as `explore_scire` does."
     n = _check_num('n', n, integer=True)
-    from ipywidgets import interact, FloatLogSlider, IntSlider, Dropdown
+    from ipywidgets import interactive, FloatLogSlider, IntSlider, Dropdown
+    from IPython.display import display
     from dmlearn.samplers import SAMPLERS
     def show(step_size, n_skip, chain_length, sampler, nfe):
-        try: plot_dlg(gm, step_size, n_skip, chain_length, sampler, nfe, n=n); plt.show()
-        except ValueError as e: print(e)
-    return interact(show, step_size=FloatLogSlider(value=0.01, base=10, min=-3, max=-0.5, step=0.1, description='η'),
+        _, axs = plt.subplots(1, 2, figsize=(6.4, 3.2), dpi=90)
+        try: plot_dlg(gm, step_size, n_skip, chain_length, sampler, nfe, n=n, axs=axs)
+        except ValueError as e: axs[0].text(0.5, 0.5, str(e), ha='center', va='center', wrap=True, fontsize=8, transform=axs[0].transAxes)
+        plt.show()
+    w = interactive(show, step_size=FloatLogSlider(value=0.01, base=10, min=-3, max=-0.5, step=0.1, description='δ'),
                     n_skip=IntSlider(value=4, min=1, max=10, description='K'),
                     chain_length=IntSlider(value=10, min=1, max=50, description='outputs/chain'),
                     sampler=Dropdown(options=list(SAMPLERS), value='dpmpp_2m', description='path'),
                     nfe=IntSlider(value=10, min=4, max=40, description='NFE'))
+    display(w)
+    return w

@@ -136,3 +136,48 @@ def test_bad_input(ring, post):
     with pytest.raises(ValueError, match='step_size must be a positive'):
         run_dlg(ring, post, ring.sample(4), torch.zeros(4, dtype=torch.long), 3, -1.)
     with pytest.raises(ValueError, match='tweedie eps'): tweedie_step(ring, ring.sample(4), -1.)
+
+
+def test_noise_mlp_learns_well_separated_levels():
+    "64-d Gaussian data, 6 levels a factor 3 apart: the posterior is sharp, so a briefly trained classifier's argmax matches it."
+    from dmlearn.dmcmc import train_noise_mlp, posterior_agreement
+    D = 64
+    gD = GMM(torch.ones(1), torch.zeros(1, D), 0.1**2 * torch.eye(D)[None])
+    sig = noise_grid(6, 0.03, 7.29)
+    ep = ExactNoisePosterior(gD, sig)
+    curve = []
+    def rec(step, net):
+        if step in (19, 299): curve.append(posterior_agreement(ClassifierNoisePosterior(net, sig), ep, gD, n=3000)['kl'])
+    net = train_noise_mlp(gD, sig, steps=300, batch=256, seed=0, callback=rec)
+    ag = posterior_agreement(ClassifierNoisePosterior(net, sig), ep, gD, n=4000)
+    assert ag['argmax_agree'] > 0.95, ag
+    assert curve[1] < 0.5 * curve[0], curve                                 # the KL to the exact posterior falls with training
+    lp = ClassifierNoisePosterior(net, sig).log_probs(gD.sample(50, G(0)))
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(50, dtype=torch.float64))   # a posterior: sums to one
+
+
+def test_noise_mlp_on_the_ring_and_checkpoint(ring, tmp_path):
+    from dmlearn.dmcmc import train_noise_mlp, posterior_agreement, save_noise_mlp, load_noise_posterior, pretrained_noise_posterior
+    ep = ExactNoisePosterior(ring, noise_grid(100, 0.01, 10.))
+    flat = posterior_agreement(ClassifierNoisePosterior(lambda x: torch.zeros(len(x), 100), ep.sigmas), ep, ring, n=3000)
+    net = train_noise_mlp(ring, ep.sigmas, steps=150, seed=1, scale=2.)
+    ag = posterior_agreement(ClassifierNoisePosterior(net, ep.sigmas), ep, ring, n=3000)
+    assert ag['kl'] < 0.5 * flat['kl'], (ag, flat)                          # far better than knowing nothing
+    p = save_noise_mlp(net, ep.sigmas, tmp_path / 'c.safetensors')
+    back = load_noise_posterior(p)
+    x = ring.sample(20, G(0)) * 1.5
+    torch.testing.assert_close(back.log_probs(x), ClassifierNoisePosterior(net, ep.sigmas).log_probs(x))
+    shipped = posterior_agreement(pretrained_noise_posterior('ring'), ep, ring, n=3000)
+    assert shipped['kl'] < ag['kl'] and shipped['within_3'] > 0.3, shipped
+
+
+def test_noise_mlp_bad_input(ring, post):
+    from dmlearn.dmcmc import NoiseMLP, train_noise_mlp, posterior_agreement, save_noise_mlp, pretrained_noise_posterior
+    with pytest.raises(ValueError, match='takes points'): NoiseMLP(2, 5)(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match='steps must be a positive integer'): train_noise_mlp(ring, post.sigmas, steps=0)
+    with pytest.raises(ValueError, match='points'): train_noise_mlp(torch.zeros(7), post.sigmas)
+    with pytest.raises(ValueError, match='σ grid'): train_noise_mlp(ring, [1., 1.])
+    with pytest.raises(ValueError, match='share one σ grid'):
+        posterior_agreement(ExactNoisePosterior(ring, noise_grid(5)), post, ring)
+    with pytest.raises(ValueError, match='grid has 60 levels'): save_noise_mlp(NoiseMLP(2, 5), post.sigmas, '/tmp/x.safetensors')
+    with pytest.raises(ValueError, match='no shipped noise classifier'): pretrained_noise_posterior('moons')
