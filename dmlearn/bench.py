@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, math, os, sys, time, warnings
 from contextlib import contextmanager
 import torch
-from .core import CountNFE, alphas_cumprod_to_sigmas, append_zero
+from .core import CountNFE, alphas_cumprod_to_sigmas, append_zero, check_int
 from .samplers import BudgetError, sample_ddim, sample_euler, sample_heun, sample_dpmpp_2m, sample_dpm_solver
 
 # %% auto #0
@@ -239,6 +239,8 @@ def thread_table(sizes=(256, 2000, 10_000), # batch sizes (2-D points)
     "Rows (n, threads, wall s, cpu s, wall / wall at one thread) of `generate` on an exact mixture at several thread counts."
     from dmlearn.gmm import get_gmm
     from dmlearn.samplers import generate
+    sizes = [check_int(n, 'sizes', lo=1) for n in sizes]
+    if not sizes: raise ValueError("sizes must list at least one batch size")
     gm, rows = get_gmm(target), []
     for n in sizes:
         t = time_threads(lambda: generate(gm, n, sampler, nfe, generator=torch.Generator().manual_seed(0)), repeats=repeats)
@@ -275,6 +277,7 @@ def _peer_scheduler(peer, grid='default'):
 
 def peer_grids(peer):
     "The grid options scheduler `peer` accepts (always 'default')."
+    if peer not in PEERS: raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
     return [g for g in PEER_GRIDS if _peer_scheduler(peer, g) is not None]
 
 def run_peer(gm, # the exact `GMM`
@@ -284,6 +287,7 @@ def run_peer(gm, # the exact `GMM`
     "diffusers' scheduler `peer` in its usual loop on the exact denoiser: (float64 samples `[n, d]`, counted model calls)."
     import inspect
     if peer not in PEERS: raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+    n, nfe = check_int(n, 'n', lo=1), check_int(nfe, 'nfe', lo=1)
     if grid not in PEER_GRIDS: raise ValueError(f"unknown grid option {grid!r}; choose from {', '.join(PEER_GRIDS)}")
     s = _peer_scheduler(peer, grid)
     if s is None: raise ValueError(f"{peer} has no grid option {grid!r}; choose from {', '.join(peer_grids(peer))}")
@@ -322,6 +326,8 @@ def _ed_parts(ref):
 def sampling_floor(gm, n=10_000, seeds=(11, 12, 13)):
     "Energy distance and mode TV of exact samples against exact samples, `n` each, per seed: the floor a perfect sampler meets."
     from dmlearn.metrics import mode_weight_error
+    n, seeds = check_int(n, 'n', lo=2), list(seeds)
+    if not seeds: raise ValueError("seeds must list at least one seed")
     vals, tvs = [], []
     for s in seeds:
         ref = gm.sample(n, torch.Generator().manual_seed(10_000 + s))
@@ -358,6 +364,8 @@ def sweep_ours(gm, budgets=range(2, 21), n=1000, seed=0, samplers=None, starts=G
 def sweep_peers(gm, budgets=range(3, 21), n=1000, seed=0, peers=None, grids=None, progress=False):
     "Every peer scheduler × grid option at the budgets (model calls): cells."
     from dmlearn.metrics import mode_weight_error
+    for p in (peers or ()):
+        if p not in PEERS: raise ValueError(f"unknown peer {p!r}; choose from {', '.join(PEERS)}")
     ed = _ed_parts(gm.sample(n, torch.Generator().manual_seed(seed + 1)))
     cells = []
     for p in (list(PEERS) if peers is None else peers):
@@ -378,6 +386,8 @@ def tune_best(gm, cells, budgets, n=1000, seed=0, method=None, progress=False):
     from dmlearn.cli import make_start, fit_grid, _start_nfe
     from dmlearn.samplers import generate, get_sampler
     from dmlearn.metrics import mode_weight_error
+    from dmlearn.tuning import METHODS
+    if method is not None and method not in METHODS: raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     ed = _ed_parts(gm.sample(n, torch.Generator().manual_seed(seed + 1)))   # compare's reference for this seed
     out = []
     for b in budgets:
@@ -398,6 +408,7 @@ def tune_best(gm, cells, budgets, n=1000, seed=0, method=None, progress=False):
 
 def frontier(cells, totals=range(3, 21), key='energy'):
     "Per total NFE B: the cell with the lowest `key` among those spending at most B per output (None if none)."
+    if key not in ('energy', 'modes'): raise ValueError(f"key must be 'energy' or 'modes'; got {key!r}")
     out = {}
     for B in totals:
         ok = [c for c in cells if c['total'] <= B + 1e-9 and math.isfinite(c[key])]
@@ -485,8 +496,15 @@ def goal_benchmark(target, # a preset name, a mixture JSON file or a `GMM`
             'table': table, 'goals': goals, 'notes': notes, 'n_cells': {'ours': len(ours), 'peers': len(peer_cells)},
             'selection_s': t_sel, 'total_s': time.time() - t0, 'selection': {'ours': ours, 'peers': peer_cells}}
 
+def _check_res(res):
+    need = ('target', 'chosen', 'floor', 'n_select', 'n_eval', 'seeds')
+    if not isinstance(res, dict) or any(k not in res for k in need):
+        raise ValueError(f"res must be goal_benchmark's result (a dict with {', '.join(need)}); got {type(res).__name__}"
+                         + (f" without {', '.join(k for k in need if k not in res)}" if isinstance(res, dict) else ''))
+
 def format_goals(res, show=(3, 5, 10, 20)):
     "The frontier table at a few total NFE, the floor, and whether each goal is met (printed, not asserted)."
+    _check_res(res)
     f = res['floor']
     lines = [f"{res['target']}: chosen on seed-0 runs of n={res['n_select']}, scored with n={res['n_eval']} on seeds {res['seeds']} "
              f"(energy distance: mean ± std over seeds; mode TV: mean)",
@@ -509,6 +527,7 @@ def format_goals(res, show=(3, 5, 10, 20)):
 
 def plot_frontier(res, ax=None):
     "Energy distance of the best cell per total NFE: ours, the best peer at its defaults and on a tuned grid, and the floor."
+    _check_res(res)
     if ax is None:
         import matplotlib.pyplot as plt
         _, ax = plt.subplots(figsize=(6, 4), dpi=80)

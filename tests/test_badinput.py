@@ -22,6 +22,8 @@ from dmlearn.models2d import *
 from dmlearn.viz import *
 from dmlearn.samplers import *
 from dmlearn.bench import bench_overhead, time_ours, time_diffusers, time_calls, near_free_denoiser, format_overhead
+from dmlearn.bench import (threads, time_threads, thread_table, peer_grids, run_peer, sampling_floor, sweep_ours, sweep_peers,
+                           tune_best, frontier, evaluate, goal_benchmark, format_goals, plot_frontier)
 from dmlearn.scire import *
 from dmlearn.ddim_gmm import *
 from dmlearn.starts import *
@@ -302,6 +304,25 @@ case('bench.bench_overhead', 'batch=0', lambda: bench_overhead(batch=0), V, 'bat
 case('bench.bench_overhead', 'shape=(0,)', lambda: bench_overhead(shape=(0,)), V, 'shape must be')
 case('bench.bench_overhead', 'unknown algorithm', lambda: bench_overhead(algorithms=['RK4']), V, 'unknown algorithm')
 case('bench.format_overhead', 'not rows', lambda: format_overhead([1]), (TypeError, KeyError), '')
+case('bench.threads', 'n=0', lambda: threads(0).__enter__(), V, 'threads must be a positive integer')
+case('bench.threads', 'n=2.5', lambda: threads(2.5).__enter__(), V, 'threads must be a positive integer')
+case('bench.time_threads', 'repeats=0', lambda: time_threads(lambda: None, repeats=0), V, 'repeats must be a positive integer')
+case('bench.thread_table', 'no sizes', lambda: thread_table(sizes=()), V, 'sizes must list at least one')
+case('bench.thread_table', 'unknown target', lambda: thread_table(sizes=(4,), target='moons'), V, "unknown target 'moons'")
+case('bench.peer_grids', 'unknown peer', lambda: peer_grids('nope'), V, "unknown peer 'nope'")
+case('bench.run_peer', 'unknown peer', lambda: run_peer(RING, 'nope', 10, 10), V, "unknown peer 'nope'")
+case('bench.run_peer', 'n=0', lambda: run_peer(RING, 'Euler', 10, 0), V, 'n must be a positive integer')
+case('bench.sampling_floor', 'n=1', lambda: sampling_floor(RING, n=1), V, 'n must be an integer >= 2')
+case('bench.sampling_floor', 'no seeds', lambda: sampling_floor(RING, n=10, seeds=()), V, 'seeds must list at least one')
+case('bench.sweep_ours', 'no budgets', lambda: sweep_ours(RING, budgets=(), n=10), V, 'list of NFE budgets')
+case('bench.sweep_ours', 'unknown start', lambda: sweep_ours(RING, budgets=(5,), n=10, starts='nope@1'), V, "unknown start 'nope'")
+case('bench.sweep_peers', 'unknown peer', lambda: sweep_peers(RING, budgets=(5,), n=10, peers=['nope']), V, "unknown peer 'nope'")
+case('bench.tune_best', 'unknown method', lambda: tune_best(RING, [], (5,), n=10, method='nope'), V, "unknown method 'nope'")
+case('bench.frontier', 'unknown key', lambda: frontier([], key='nope'), V, "key must be 'energy' or 'modes'")
+case('bench.evaluate', 'n=0', lambda: evaluate(RING, [], n=0), V, 'n must be a positive integer')
+case('bench.goal_benchmark', 'unknown target', lambda: goal_benchmark('moons'), V, "unknown target 'moons'")
+case('bench.format_goals', 'not a result', lambda: format_goals({}), V, "res must be goal_benchmark's result")
+case('bench.plot_frontier', 'not a result', lambda: plot_frontier({}), V, "res must be goal_benchmark's result")
 
 # scire ---------------------------------------------------------------------------------------------------------------
 case('scire.phi1', 'm=0', lambda: phi1(0), V, 'm (the number of terms')
@@ -420,7 +441,7 @@ def test_bad_input(fn, exc, text):
 EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
-    'SAMPLERS': 'the registry (a dict)', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
+    'SAMPLERS': 'the registry (a dict)', 'PEERS': 'constant', 'PEER_GRIDS': 'constant', 'GOAL_STARTS': 'constant', 'GOALS': 'constant', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
     'StartOut': 'a plain dataclass of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
