@@ -6,7 +6,7 @@
 from __future__ import annotations
 import inspect
 import torch
-import matplotlib.pyplot as plt
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from .core import CountNFE, Recorder
 from .gmm import get_gmm, plot_density
 from .samplers import BASELINES, SAMPLERS, load_samplers, get_sampler, steps_for_nfe, make_sigmas
@@ -17,6 +17,7 @@ __all__ = ['SCHEDULE_CHOICES', 'plot_sampler', 'explore_sampler']
 # %% ../nbs/11_sampler_zoo.ipynb #69faca98
 SCHEDULE_CHOICES = ('karras', 'exponential', 'linear')
 
+# %% ../nbs/11_sampler_zoo.ipynb #cb020646
 def plot_sampler(gm, # a `GMM` or a preset name ('ring', 'grid', 'hard', ...)
                  sampler='heun', # a registered sampler
                  nfe=20, # NFE budget (the largest number of steps that fits)
@@ -41,11 +42,12 @@ def plot_sampler(gm, # a `GMM` or a preset name ('ring', 'grid', 'hard', ...)
     m, rec = CountNFE(gm), Recorder(keys=('x',))
     x = info.fn(m, xT, sig, callback=rec, disable=True, generator=g, **hp)
     paths = torch.cat([rec.stack('x')[:, :n_paths], x[None, :n_paths]])
-    if ax is None: _, ax = plt.subplots(figsize=(3.6, 3.6), dpi=65)
+    if ax is None: _, ax = plt.subplots(figsize=(3.6, 3.6), dpi=90)
     plot_density(gm, 0., ax=ax, lim=lim)
     for j in range(min(n_paths, n)): ax.plot(paths[:, j, 0], paths[:, j, 1], '-', color='tab:red', lw=0.8, alpha=0.7)
     ax.scatter(x[:, 0], x[:, 1], s=1.5, c='k', alpha=0.4)
-    ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
     title = f"{sampler}, NFE {m.nfe}, {schedule}" + (f" ρ={rho:g}" if schedule == 'karras' else '') + (f", η={eta:g}" if 'eta' in hp else '')
     try:
         from dmlearn.metrics import energy_distance
@@ -54,6 +56,7 @@ def plot_sampler(gm, # a `GMM` or a preset name ('ring', 'grid', 'hard', ...)
     ax.set_title(title, fontsize=8)
     return ax
 
+# %% ../nbs/11_sampler_zoo.ipynb #32ea724c
 def explore_sampler(gm='ring', # a `GMM` or a preset name
                     n=1000): # samples per picture
     "Interactive `plot_sampler`: sampler, NFE, schedule, ρ and η (ipywidgets); returns the widget."
@@ -61,10 +64,12 @@ def explore_sampler(gm='ring', # a `GMM` or a preset name
     from IPython.display import display
     load_samplers()
     def show(sampler, nfe, schedule, rho, eta):
-        fig, ax = plt.subplots(figsize=(4, 4), dpi=70)
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=90)
         try: plot_sampler(gm, sampler, nfe, schedule, rho, eta, ax=ax, n=n)
         except ValueError as e:                                       # e.g. a budget below the sampler's minimum
-            ax.clear(); ax.set_axis_off(); ax.text(0.5, 0.5, str(e), ha='center', va='center', wrap=True, fontsize=8, transform=ax.transAxes)
+            ax.clear()
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, str(e), ha='center', va='center', wrap=True, fontsize=8, transform=ax.transAxes)
         plt.show()
     w = W.interactive(show, sampler=W.Dropdown(options=list(SAMPLERS), value='heun' if 'heun' in SAMPLERS else list(SAMPLERS)[0]),
                       nfe=W.IntSlider(value=20, min=1, max=100), schedule=W.Dropdown(options=list(SCHEDULE_CHOICES)),
