@@ -95,6 +95,7 @@ def load_mixture(path): # a JSON file {"weights": [K], "means": [K][d], "covaria
 
 def mixture_spec(gm): # a `GMM`
     "The mixture as the JSON-ready dict `load_mixture` reads."
+    if not isinstance(gm, GMM): raise TypeError(f"mixture_spec needs a GMM; got {type(gm).__name__}")
     return {'name': gm.name or 'gmm', 'weights': gm.weights.tolist(), 'means': gm.means.tolist(), 'covariances': gm.covs.tolist()}
 
 def get_target(target): # a preset name, a path to a mixture JSON file, or a `GMM`
@@ -162,7 +163,10 @@ def make_start(kind, sigma, gm, n, seed=0):
         return DLGStart(gm, ExactNoisePosterior(gm, noise_grid(100, 0.01, sigma)), n_chains=max(1, n // 10)), {"nfe": 0, "what": "none; 10 outputs per chain"}
     raise ValueError(f"unknown start {kind!r}; choose from {', '.join(START_KINDS)}")
 
-def start_label(kind, sigma): return f"{kind}@{sigma:g}"
+def start_label(kind, sigma):
+    "The row label `kind@sigma` of a start."
+    if kind not in START_KINDS: raise ValueError(f"unknown start {kind!r}; choose from {', '.join(START_KINDS)}")
+    return f"{kind}@{sigma:g}"
 
 def _start_nfe(cost):
     "The start's counted NFE per output (DLG: every chain call, its initial solve and burn-in included)."

@@ -246,8 +246,8 @@ register_sampler('dpmpp_3m_taylor', sample_dpmpp_3m, _one, 3, False, min_steps=2
 register_sampler('deis', sample_deis, _one, 3, False, min_steps=2, defaults={'order': 3},
                  check=lambda order=3, lower_order_final=True, **hp: (_check_order('DEIS', order, 3), _check_bool(lower_order_final=lower_order_final)),
                  description="DEIS-3 multistep, log-rho (diffusers)")
-register_sampler('ipndm', sample_ipndm, _one, 4, False, defaults={'order': 4}, check=lambda order=4, **hp: _check_order('iPNDM', order, 4),
-                 description='iPNDM, fixed Adams-Bashforth weights in sigma')
+register_sampler('ipndm', sample_ipndm, _one, 2, False, defaults={'order': 4}, check=lambda order=4, **hp: _check_order('iPNDM', order, 4),
+                 description='iPNDM, fixed Adams-Bashforth weights in sigma: order 4 on equal sigma steps, measured 2 on Karras grids')
 register_sampler('lms', sample_lms, _one, 4, False, defaults={'order': 4}, check=lambda order=4, **hp: _check_order('LMS', order, 4),
                  description="k-diffusion LMS, order 4, exact coefficients")
 MULTISTEP = ('unipc', 'unipc_bh1', 'dpmpp_3m', 'dpmpp_3m_taylor', 'deis', 'ipndm', 'lms')

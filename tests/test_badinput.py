@@ -206,6 +206,35 @@ case('samplers.sample_euler', 'model returns a float', lambda: sample_euler(_mod
 case('samplers.sample_euler', 'model returns wrong shape', lambda: sample_euler(_model_returning(lambda x: x[:2]), X, SIG), V, 'has shape (2, 2)')
 case('samplers.sample_euler', 'model raises', lambda: sample_euler(_raises, X, SIG), RuntimeError, 'model exploded')
 
+# starts and dmcmc helpers made public ---------------------------------------------------------------------------
+case('starts.draw_samples', 'no .sample', lambda: draw_samples(object(), 3), V, 'has no .sample(n) method')
+case('starts.check_start_batch', 'wrong shape', lambda: check_start_batch(torch.zeros(3, 4), 3, (2,), 'the prior', torch.float64, 'cpu'), V, 'the prior returned samples of shape (3, 4)')
+case('starts.check_start_sigma', 'above sigma_max', lambda: check_start_sigma(100., 80., "σ'"), V, "σ' must be in (0, sigma_max=80]")
+case('starts.single_thread', 'argument', lambda: single_thread(1), T, 'positional argument')
+case('starts.run_path', 'unknown sampler', lambda: run_path(RING, torch.zeros(3, 2, dtype=torch.float64), 1., 'nope'), (KeyError, ValueError), 'nope')
+case('starts.gaussian_reverse_kernel', 'singular', lambda: gaussian_reverse_kernel(torch.zeros(2, dtype=torch.float64), -torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64), 1.), (RuntimeError, torch.linalg.LinAlgError), 'singular')
+case('starts.reverse_kernel_sample', 'negative sigma', lambda: reverse_kernel_sample(RING, torch.zeros(3, 2, dtype=torch.float64), -1.), V, 'sigma must be finite and >= 0')
+case('starts.path_kls', 'n=1', lambda: path_kls(RING, RING, 0.5, n=1), V, 'n must be')
+case('dmcmc.NoiseMLP', 'n_levels=0', lambda: NoiseMLP(2, 0), V, 'n_levels must be a positive integer')
+case('dmcmc.train_noise_mlp', 'steps=0', lambda: train_noise_mlp(RING, noise_grid(5), steps=0), V, 'steps must be a positive integer')
+case('dmcmc.posterior_agreement', 'grids', lambda: posterior_agreement(ExactNoisePosterior(RING, noise_grid(5)), ExactNoisePosterior(RING, noise_grid(6)), RING), V, 'share one σ grid')
+case('dmcmc.save_noise_mlp', 'grid size', lambda: save_noise_mlp(NoiseMLP(2, 5), noise_grid(6), '/tmp/c.safetensors'), V, 'the grid has 6 levels')
+case('dmcmc.load_noise_posterior', 'missing', lambda: load_noise_posterior('/nonexistent/c.safetensors'), FNF, '/nonexistent/c.safetensors')
+case('dmcmc.pretrained_noise_posterior', 'unknown', lambda: pretrained_noise_posterior('moons'), V, 'no shipped noise classifier')
+case('dmcmc.dlg_init', 'unknown sampler', lambda: dlg_init(RING, ExactNoisePosterior(RING, noise_grid(5)), 4, (2,), init_sampler='nope'), (KeyError, ValueError), 'nope')
+case('dmcmc.dlg_blocks', 'step_size=0', lambda: dlg_blocks(RING, ExactNoisePosterior(RING, noise_grid(5)), torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.long), 1, 2, 0.), V, 'step_size must be a positive')
+
+# compare over start × path × schedule ------------------------------------------------------------------------------
+from dmlearn.cli import load_mixture, mixture_spec, get_target, parse_starts, make_start, start_label, fit_grid
+case('cli.load_mixture', 'missing file', lambda: load_mixture('/nonexistent/m.json'), V, "cannot read mixture file '/nonexistent/m.json'")
+case('cli.mixture_spec', 'not a GMM', lambda: mixture_spec(3), T, 'mixture_spec needs a GMM')
+case('cli.get_target', 'unknown', lambda: get_target('moons'), V, "unknown target 'moons'")
+case('cli.parse_starts', 'unknown kind', lambda: parse_starts('nope@1'), V, "unknown start 'nope'")
+case('cli.parse_starts', 'negative sigma', lambda: parse_starts('mm@-1'), V, 'needs a finite sigma > 0')
+case('cli.make_start', 'unknown kind', lambda: make_start('nope', 1., RING, 10), V, "unknown start 'nope'")
+case('cli.start_label', 'unknown kind', lambda: start_label('nope', 1.), V, "unknown start 'nope'")
+case('cli.fit_grid', 'unknown sampler', lambda: fit_grid(RING, 'nope', 5, None), V, "unknown sampler 'nope'")
+
 # multistep and k-diffusion's family ----------------------------------------------------------------------------------
 _t = lambda v: torch.tensor(v, dtype=torch.float64)
 case('multistep.lagrange_basis', 'a list', lambda: lagrange_basis([1., 2.]), T, 'must be Tensor')
@@ -441,7 +470,7 @@ def test_bad_input(fn, exc, text):
 EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
-    'SAMPLERS': 'the registry (a dict)', 'PEERS': 'constant', 'PEER_GRIDS': 'constant', 'GOAL_STARTS': 'constant', 'GOALS': 'constant', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
+    'SAMPLERS': 'the registry (a dict)', 'START_KINDS': 'constant', 'StartUnavailable': 'an exception class', 'NOISE_MLP_SHA256': 'constant', 'PEERS': 'constant', 'PEER_GRIDS': 'constant', 'GOAL_STARTS': 'constant', 'GOALS': 'constant', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
     'StartOut': 'a plain dataclass of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
