@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
 from .samplers import setup_sampler, sigma_like, notify, sampler_loop, step_ddim, sample_ddim, register_sampler
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import batch_sigma, check_int, check_real
 from .gmm import GMM, plot_density
 from .starts import gauss_kl, gaussian_prior, draw_samples, check_start_batch, check_start_sigma, single_thread

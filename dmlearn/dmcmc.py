@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 import torch
 from torch import nn
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import CountNFE, append_dims, batch_sigma, check_finite, randn_like, check_model_output
 from .samplers import Start, StartOut, Samples, GaussianStart, generate, get_sampler, make_sigmas, steps_for_nfe
 

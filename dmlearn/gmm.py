@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import append_dims, batch_sigma, check_int, check_real
 
 # %% auto #0

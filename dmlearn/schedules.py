@@ -7,16 +7,17 @@ from __future__ import annotations
 import math, operator
 import numpy as np
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import append_zero, alphas_cumprod_to_sigmas, check_sigmas
 
 # %% auto #0
-__all__ = ['BETA_SCHEDULES', 'SPACINGS', 'SCHEDULES', 'get_sigmas_linear', 'get_sigmas_exponential', 'get_sigmas_karras',
-           'get_sigmas_ve', 'get_sigmas_vp', 'get_sigmas_vp_time', 'ddpm_alphas_cumprod', 'ddpm_timesteps',
-           'get_sigmas_ddpm', 'ddpm_sigma_range', 'get_sigmas', 'plot_sigmas', 'plot_sigma_density']
+__all__ = ['BETA_SCHEDULES', 'SPACINGS', 'SCHEDULES', 'check_steps', 'check_sigma_range', 'finish_grid', 'get_sigmas_linear',
+           'get_sigmas_exponential', 'get_sigmas_karras', 'get_sigmas_ve', 'get_sigmas_vp', 'get_sigmas_vp_time',
+           'ddpm_alphas_cumprod', 'ddpm_timesteps', 'get_sigmas_ddpm', 'ddpm_sigma_range', 'get_sigmas', 'plot_sigmas',
+           'plot_sigma_density']
 
 # %% ../nbs/02_schedules.ipynb #bc871113
-def _check_n(n):
+def check_steps(n):
     "`n` as a Python int >= 1, or a clear `ValueError`."
     if isinstance(n, bool): raise ValueError(f"n (the number of steps) must be an integer; got {n!r}")
     try: n = operator.index(n)
@@ -24,7 +25,7 @@ def _check_n(n):
     if n < 1: raise ValueError(f"n (the number of steps) must be >= 1; got {n}")
     return n
 
-def _check_range(sigma_min, sigma_max):
+def check_sigma_range(sigma_min, sigma_max):
     "(σ_min, σ_max) as floats with 0 < σ_min < σ_max < ∞, or a clear `ValueError`."
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
     if not (math.isfinite(sigma_min) and math.isfinite(sigma_max)):
@@ -33,7 +34,7 @@ def _check_range(sigma_min, sigma_max):
     if sigma_min >= sigma_max: raise ValueError(f"sigma_min must be < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
     return sigma_min, sigma_max
 
-def _finish(sigmas, device, dtype):
+def finish_grid(sigmas, device, dtype):
     "Close a float64 grid with 0 and move it to `device`/`dtype`."
     return append_zero(sigmas).to(device=device, dtype=dtype)
 
@@ -42,16 +43,16 @@ def get_sigmas_linear(n, # number of steps (the grid has n+1 values)
                       sigma_min, sigma_max, # the last nonzero and the first σ
                       device='cpu', dtype=torch.float64):
     "A σ grid uniform in σ, ending in 0."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
-    return _finish(torch.linspace(sigma_max, sigma_min, n, dtype=torch.float64), device, dtype)
+    n = check_steps(n); sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
+    return finish_grid(torch.linspace(sigma_max, sigma_min, n, dtype=torch.float64), device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #39615882
 def get_sigmas_exponential(n, # number of steps (the grid has n+1 values)
                            sigma_min, sigma_max, # the last nonzero and the first σ
                            device='cpu', dtype=torch.float64):
     "A σ grid uniform in log σ (= uniform in log-SNR), ending in 0."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
-    return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp(), device, dtype)
+    n = check_steps(n); sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
+    return finish_grid(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp(), device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #592cc92d
 def get_sigmas_karras(n, # number of steps (the grid has n+1 values)
@@ -59,12 +60,12 @@ def get_sigmas_karras(n, # number of steps (the grid has n+1 values)
                       rho=7., # ρ = 1: uniform in σ; ρ → ∞: uniform in log σ
                       device='cpu', dtype=torch.float64):
     "The σ grid of Karras et al. (2022), Eq. (5), ending in 0."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    n = check_steps(n); sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
     rho = float(rho)
     if not (rho > 0 and math.isfinite(rho)): raise ValueError(f"rho must be a finite number > 0; got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _finish((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho, device, dtype)
+    return finish_grid((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho, device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #faaec574
 def get_sigmas_ve(n, # number of steps (the grid has n+1 values)
@@ -72,11 +73,11 @@ def get_sigmas_ve(n, # number of steps (the grid has n+1 values)
                   eps_s=1e-5, # the smallest time: the grid runs over t = linspace(1, eps_s, n)
                   device='cpu', dtype=torch.float64):
     "The VE-SDE σ grid of Song et al. (2021) on uniform t ∈ [eps_s, 1], ending in 0."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    n = check_steps(n); sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
     eps_s = float(eps_s)
     if not 0 <= eps_s < 1: raise ValueError(f"eps_s must be in [0, 1); got {eps_s}")
     t = torch.linspace(1, eps_s, n, dtype=torch.float64)
-    return _finish(sigma_min * (sigma_max / sigma_min) ** t, device, dtype)
+    return finish_grid(sigma_min * (sigma_max / sigma_min) ** t, device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #41e5ce5d
 def get_sigmas_vp(n, # number of steps (the grid has n+1 values)
@@ -84,12 +85,12 @@ def get_sigmas_vp(n, # number of steps (the grid has n+1 values)
                   eps_s=1e-3, # the smallest time: the grid runs over t = linspace(1, eps_s, n)
                   device='cpu', dtype=torch.float64):
     "The continuous VP-SDE grid on uniform t ∈ [eps_s, 1] as σ = σ_t/α_t (k-diffusion's `get_sigmas_vp`), ending in 0."
-    n = _check_n(n); beta_d, beta_min, eps_s = float(beta_d), float(beta_min), float(eps_s)
+    n = check_steps(n); beta_d, beta_min, eps_s = float(beta_d), float(beta_min), float(eps_s)
     if beta_d < 0 or beta_min < 0 or beta_d + beta_min <= 0:
         raise ValueError(f"beta_d and beta_min must be >= 0 and not both 0; got beta_d={beta_d}, beta_min={beta_min}")
     if not 0 < eps_s < 1: raise ValueError(f"eps_s must be in (0, 1); got {eps_s}")
     t = torch.linspace(1, eps_s, n, dtype=torch.float64)
-    return _finish(torch.sqrt(torch.expm1(beta_d * t**2 / 2 + beta_min * t)), device, dtype)
+    return finish_grid(torch.sqrt(torch.expm1(beta_d * t**2 / 2 + beta_min * t)), device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #6414eb5d
 def _vp_t(sigma, beta_d, beta_min):
@@ -102,7 +103,7 @@ def get_sigmas_vp_time(n, # number of steps (the grid has n+1 values)
                        beta_d=19.9, beta_min=0.1, # β(t) = beta_min + beta_d·t (the VP-linear schedule)
                        device='cpu', dtype=torch.float64):
     "Uniform in the time t of the VP-linear SDE between σ_max and σ_min (DPM-Solver's `time_uniform` on any σ range), ending in 0."
-    n = _check_n(n); sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    n = check_steps(n); sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
     beta_d, beta_min = float(beta_d), float(beta_min)
     if not (math.isfinite(beta_d) and math.isfinite(beta_min)) or beta_d < 0 or beta_min < 0 or beta_d + beta_min <= 0:
         raise ValueError(f"beta_d and beta_min must be finite, >= 0 and not both 0; got beta_d={beta_d}, beta_min={beta_min}")
@@ -110,7 +111,7 @@ def get_sigmas_vp_time(n, # number of steps (the grid has n+1 values)
     t = torch.linspace(t0.item(), t1.item(), n, dtype=torch.float64)
     s = torch.sqrt(torch.expm1(beta_d * t**2 / 2 + beta_min * t))
     s[0], s[-1] = sigma_max, sigma_min                        # the ends exactly, not through a round trip
-    return _finish(s, device, dtype)
+    return finish_grid(s, device, dtype)
 
 # %% ../nbs/02_schedules.ipynb #86fa9b27
 BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2')
@@ -120,7 +121,7 @@ def ddpm_alphas_cumprod(num_train_timesteps=1000, # T, the number of training ti
                         beta_schedule='linear', # one of `BETA_SCHEDULES` (diffusers' names)
                         dtype=torch.float64):
     "The DDPM table ᾱ_t = ∏_{j≤t}(1-β_j), t = 0…T-1, for diffusers' `beta_schedule`s."
-    T = _check_n(num_train_timesteps)
+    T = check_steps(num_train_timesteps)
     if beta_schedule == 'linear':
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     elif beta_schedule == 'scaled_linear':                       # Stable Diffusion's: linear in √β
@@ -142,7 +143,7 @@ def ddpm_timesteps(n, # number of sampling steps
                    integer=True, # round `linspace` timesteps like DDIM/DDPM (int64); False keeps Euler's fractional ones (float64)
                    device='cpu'):
     "The `n` timesteps, largest first, that diffusers' schedulers pick with `timestep_spacing=spacing`."
-    n, T = _check_n(n), _check_n(num_train_timesteps)
+    n, T = check_steps(n), check_steps(num_train_timesteps)
     if spacing not in SPACINGS: raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if n > T: raise ValueError(f"n={n} steps cannot be more than num_train_timesteps={T}")
     steps_offset = operator.index(steps_offset)
@@ -174,7 +175,7 @@ def get_sigmas_ddpm(n, # number of sampling steps
     t = ddpm_timesteps(n, len(ac), spacing, steps_offset, integer).double()
     lo = t.floor().long().clamp(max=len(ac) - 2); w = t - lo            # linear interpolation in σ, as np.interp
     sigmas = (1 - w) * table[lo] + w * table[lo + 1]
-    return check_sigmas(_finish(sigmas, device, dtype))
+    return check_sigmas(finish_grid(sigmas, device, dtype))
 
 def ddpm_sigma_range(alphas_cumprod=None):
     "(σ̃_min, σ̃_max) = (σ̃ at t = 0, σ̃ at t = T-1) of a DDPM table: the noise levels the model was trained on."

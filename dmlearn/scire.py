@@ -6,11 +6,11 @@
 from __future__ import annotations
 import math
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from tqdm import trange
 from .gmm import PRESETS, get_gmm, plot_density
 from .samplers import setup_sampler, sigma_like, notify, sampler_loop, register_sampler
-from .schedules import _check_n, _check_range, _finish, get_sigmas
+from .schedules import check_steps, check_sigma_range, finish_grid, get_sigmas
 from .core import CountNFE, Recorder, check_sigmas
 
 # %% auto #0
@@ -195,8 +195,8 @@ def get_sigmas_nsr(n, # number of steps (the grid has n+1 values)
                    kappa=3.1, # κ ≥ 0: 0 is log-uniform (exponential), ∞ is uniform in σ; the paper's code uses 3.1
                    device='cpu', dtype=torch.float64):
     "SciRE's NSR-type σ grid: uniform in −log(σ + κσ_min), ending in 0 (Li et al. 2023; code: `get_time_steps('NSR')`)."
-    n = _check_n(n)
-    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    n = check_steps(n)
+    sigma_min, sigma_max = check_sigma_range(sigma_min, sigma_max)
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (math.isfinite(kappa) and kappa >= 0):
         raise ValueError(f"kappa must be a finite number >= 0; got {kappa!r}")
     c = kappa * sigma_min
@@ -204,7 +204,7 @@ def get_sigmas_nsr(n, # number of steps (the grid has n+1 values)
     s = (-u).exp() - c
     s[0] = sigma_max                                                     # exact endpoints (no round-off)
     if n > 1: s[-1] = sigma_min
-    return check_sigmas(_finish(s, device, dtype))
+    return check_sigmas(finish_grid(s, device, dtype))
 
 # %% ../nbs/20_scire.ipynb #952e68f7
 def scire_grid(schedule, # 'nsr' (`get_sigmas_nsr`) or a name of `dmlearn.schedules.get_sigmas`

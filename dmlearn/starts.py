@@ -8,7 +8,7 @@ import math, inspect
 from contextlib import contextmanager
 import torch
 from torch import nn
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import check_finite, check_int, check_real
 from .gmm import GMM, gmm_gaussian, plot_density
 from .samplers import Start, StartOut, GaussianStart, generate, get_sampler, make_sigmas, steps_for_nfe

@@ -8,7 +8,7 @@ import json, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import CountNFE, check_int, check_real, check_sigmas
 from .metrics import energy_distance, mode_weight_error
 from .samplers import Start, StartOut, Samples, GaussianStart, get_sampler, steps_for_nfe

@@ -5,7 +5,7 @@
 # %% ../nbs/05_explore.ipynb #203190df
 from __future__ import annotations
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from IPython.display import HTML, display
 from .core import Recorder, check_int
 from .gmm import GMM, PRESETS, get_gmm, plot_density

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import inspect
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from .core import CountNFE, Recorder
 from .gmm import get_gmm, plot_density
 from .samplers import BASELINES, SAMPLERS, load_samplers, get_sampler, steps_for_nfe, make_sigmas
