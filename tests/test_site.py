@@ -25,7 +25,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')   # the module's: its browser stops before another file starts one
 def built(tmp_path_factory):
     "The site, built once per session into a temporary folder with the same function `dmlearn docs` calls."
     from dmlearn.docs import build_site, missing_docs_tools
@@ -50,7 +50,7 @@ def test_build_clean(built):
     assert not built['warnings'], f"Sphinx warnings: {built['warnings'][:10]}"
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')   # the module's: its browser stops before another file starts one
 def server(built):
     "An HTTP server for the site on 127.0.0.1 at a free port; yields the base URL, stops at the end of the session."
     handler = functools.partial(_Quiet, directory=str(built['out']))
@@ -61,7 +61,7 @@ def server(built):
     httpd.shutdown(); httpd.server_close()
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')   # the module's: its browser stops before another file starts one
 def browser():
     chromium_or_fail()
     from playwright.sync_api import sync_playwright
@@ -102,7 +102,7 @@ def _is_local(url, base):
     return u.scheme in ('data', 'blob', 'about') or (u.scheme in ('http', 'https') and u.netloc == urlsplit(base).netloc)
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')   # the module's: its browser stops before another file starts one
 def crawl(built, server, browser):
     "Every page of the site read once in Chromium: console errors, requests, math, images, links, animations."
     ctx = browser.new_context()
