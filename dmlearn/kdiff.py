@@ -9,7 +9,7 @@ import warnings
 import torch
 from tqdm import trange
 from .core import check_int, check_real, flush_checks
-from .samplers import setup_sampler, sigma_like, notify, sampler_loop, register_sampler
+from .samplers import setup_sampler, sigma_like, notify, sampler_loop, register_sampler, check_churn, churn
 
 # %% auto #0
 __all__ = ['KDIFF', 'ancestral_step', 'sample_euler_ancestral', 'sample_dpm_2', 'sample_dpm_2_ancestral',
@@ -57,22 +57,16 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 # %% ../nbs/14_kdiffusion.ipynb #cb20c0bf
-def _check_churn(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1., **hp):
-    check_real(s_churn, 's_churn', lo=0); check_real(s_noise, 's_noise', lo=0)
-    check_real(s_tmin, 's_tmin', lo=0, allow_inf=True); check_real(s_tmax, 's_tmax', lo=0, allow_inf=True)
-
 @sampler_loop
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, *, generator=None, noise_sampler=None,
                  s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
     "k-diffusion's `sample_dpm_2`: DPM-Solver-2 (midpoint in log σ) with Karras et al.'s churn; the step into 0 is Euler."
-    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
+    check_churn(s_churn, s_tmin, s_tmax, s_noise)
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     n = len(sigmas) - 1
     for i in trange(n, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        gamma = torch.where((s >= s_tmin) & (s <= s_tmax), min(s_churn / n, 2**0.5 - 1), 0.) if s_churn > 0 else torch.zeros_like(s)
-        s_hat = s * (gamma + 1)
-        if s_churn > 0: x = x + sigma_like((s_hat**2 - s**2).sqrt(), x) * s_noise * ns(s, s_hat)
+        x, s_hat = churn(x, s, n, ns, s_churn, s_tmin, s_tmax, s_noise)      # the baseline chapter's churn (EDM Alg. 2)
         den = D(x, s_hat); notify(callback, x, i, s, s_hat, den)
         d = (x - den) / sigma_like(s_hat, x)
         if i == n - 1: x = x + d * sigma_like(sn - s_hat, x); continue        # Euler into σ = 0
@@ -403,7 +397,7 @@ _stoch = lambda hp: hp.get('eta', 1.) > 0
 register_sampler('euler_ancestral', sample_euler_ancestral, _one, 1, _stoch, defaults={'eta': 1., 's_noise': 1.},
                  description="k-diffusion euler_ancestral (= DDIM(eta))", check=_check_noise)
 register_sampler('dpm_2', sample_dpm_2, _two, 2, lambda hp: hp.get('s_churn', 0.) > 0, min_steps=2,
-                 description="k-diffusion dpm_2 (DPM-Solver-2, midpoint in log sigma)", check=_check_churn)
+                 description="k-diffusion dpm_2 (DPM-Solver-2, midpoint in log sigma)", check=check_churn)
 register_sampler('dpm_2_ancestral', sample_dpm_2_ancestral, _two, 2, _stoch, min_steps=2, defaults={'eta': 1., 's_noise': 1.},
                  description="k-diffusion dpm_2_ancestral", check=_check_noise)
 register_sampler('dpmpp_2s_ancestral', sample_dpmpp_2s_ancestral, _two, 2, _stoch, min_steps=2, defaults={'eta': 1., 's_noise': 1.},

@@ -15,9 +15,10 @@ from .core import (append_dims, batch_sigma, to_d, check_sigmas, check_finite, d
 # %% auto #0
 __all__ = ['SAMPLERS', 'BASELINES', 'MAX_STEPS', 'sigma_like', 'setup_sampler', 'notify', 'sampler_loop', 'HostSyncCounter',
            'step_ddpm', 'step_ddim', 'step_euler', 'sample_ddpm', 'sample_ddim', 'sample_euler', 'step_euler_maruyama',
-           'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'sample_heun', 'step_dpm_solver', 'sample_dpm_solver',
-           'step_dpmpp_2m', 'sample_dpmpp_2m', 'SamplerInfo', 'register_sampler', 'load_samplers', 'get_sampler',
-           'BudgetError', 'steps_for_nfe', 'StartOut', 'Start', 'GaussianStart', 'Samples', 'make_sigmas', 'generate']
+           'sample_euler_maruyama', 'langevin_step', 'sample_pc', 'check_churn', 'churn', 'sample_heun',
+           'step_dpm_solver', 'sample_dpm_solver', 'step_dpmpp_2m', 'sample_dpmpp_2m', 'SamplerInfo',
+           'register_sampler', 'load_samplers', 'get_sampler', 'BudgetError', 'steps_for_nfe', 'StartOut', 'Start',
+           'GaussianStart', 'Samples', 'make_sigmas', 'generate']
 
 # %% ../nbs/10_samplers.ipynb #81a5c2a3
 def sigma_like(s, x):
@@ -240,9 +241,18 @@ def sample_pc(
 
 
 # %% ../nbs/10_samplers.ipynb #4ac9e0d7
-def _check_heun(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
+def check_churn(s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1., **hp):
+    "Validate EDM's churn settings (Karras et al. 2022, Algorithm 2); other hyperparameters are ignored."
     check_real(s_churn, 's_churn', lo=0); check_real(s_noise, 's_noise', lo=0)
     check_real(s_tmin, 's_tmin', lo=0, allow_inf=True); check_real(s_tmax, 's_tmax', lo=0, allow_inf=True)
+
+def churn(x, s, n, noise_sampler, s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1.):
+    "EDM's temporary noise increase (Algorithm 2, l. 4–6) on a grid of `n` steps: (x at σ̂, σ̂) from x at σ."
+    gamma = torch.where((s >= s_tmin) & (s <= s_tmax), min(s_churn / n, 2**0.5 - 1), 0.) if s_churn > 0 else torch.zeros_like(s)
+    s_hat = s * (gamma + 1)
+    if s_churn > 0: x = x + sigma_like((s_hat**2 - s**2).sqrt(), x) * s_noise * noise_sampler(s, s_hat)   # one draw per step, used where γ>0
+    return x, s_hat
+
 
 @sampler_loop
 def sample_heun(
@@ -261,15 +271,12 @@ def sample_heun(
     s_noise=1.,          # EDM's S_noise: the scale of the noise added back
 ):
     "Heun's method with optional churn (Karras et al. 2022, Algorithms 1 and 2)."
-    _check_heun(s_churn, s_tmin, s_tmax, s_noise)
+    check_churn(s_churn, s_tmin, s_tmax, s_noise)
     sigmas, D, ns = setup_sampler(model, x, sigmas, extra_args, generator, noise_sampler)
     n = len(sigmas) - 1
     for i in trange(n, disable=disable):
         s, sn = sigmas[i], sigmas[i + 1]
-        # Alg. 2, l. 4–6: increase noise temporarily
-        gamma = torch.where((s >= s_tmin) & (s <= s_tmax), min(s_churn / n, 2**0.5 - 1), 0.) if s_churn > 0 else torch.zeros_like(s)
-        s_hat = s * (gamma + 1)
-        if s_churn > 0: x = x + sigma_like((s_hat**2 - s**2).sqrt(), x) * s_noise * ns(s, s_hat)   # one draw per step, used where γ>0
+        x, s_hat = churn(x, s, n, ns, s_churn, s_tmin, s_tmax, s_noise)  # Alg. 2, l. 4–6: increase noise temporarily
         den = D(x, s_hat); notify(callback, x, i, s, s_hat, den)
         d = (x - den) / sigma_like(s_hat, x); dt = sigma_like(sn - s_hat, x)
         if i == len(sigmas) - 2: x = x + d * dt; continue                     # Euler step into σ = 0
@@ -397,10 +404,9 @@ register_sampler('euler_maruyama', sample_euler_maruyama, _one, 1, True, descrip
 register_sampler('pc', sample_pc, lambda steps, n_corrector=1, **hp: steps * (1 + n_corrector), 1, True,
                  defaults={'snr': 0.16, 'n_corrector': 1}, description='reverse-diffusion predictor + Langevin corrector',
                  check=lambda n_corrector=1, snr=0.16, norm='batch', **hp: _check_pc(n_corrector, snr, norm))
-_hc = lambda s_churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1., **hp: _check_heun(s_churn, s_tmin, s_tmax, s_noise)
-register_sampler('heun', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, False, min_steps=2, description="EDM Heun (Alg. 1)", check=_hc)
+register_sampler('heun', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, False, min_steps=2, description="EDM Heun (Alg. 1)", check=check_churn)
 register_sampler('heun_churn', sample_heun, lambda steps, **hp: 2 * steps - 1, 2, True, min_steps=2,
-                 defaults={'s_churn': 40., 's_tmin': 0.05, 's_tmax': 50., 's_noise': 1.003}, description="EDM stochastic Heun (Alg. 2)", check=_hc)
+                 defaults={'s_churn': 40., 's_tmin': 0.05, 's_tmax': 50., 's_noise': 1.003}, description="EDM stochastic Heun (Alg. 2)", check=check_churn)
 register_sampler('dpm_solver_2', sample_dpm_solver, lambda steps, order=2, **hp: order * (steps - 1) + 1, 2, False, min_steps=2,
                  defaults={'order': 2}, description='DPM-Solver-2, singlestep', check=lambda order=2, **hp: _check_dpm_order(order))
 register_sampler('dpm_solver_3', sample_dpm_solver, lambda steps, order=3, **hp: order * (steps - 1) + 1, 3, False, min_steps=2,

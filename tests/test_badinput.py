@@ -284,6 +284,8 @@ case('samplers.sample_ddim', 'eta=2', lambda: sample_ddim(RING, X, SIG, eta=2.),
 case('samplers.sample_pc', 'n_corrector=-1', lambda: sample_pc(RING, X, SIG, n_corrector=-1), V, 'n_corrector must be a non-negative integer')
 case('samplers.sample_pc', 'n_corrector=2.5', lambda: sample_pc(RING, X, SIG, n_corrector=2.5), V, 'n_corrector must be')
 case('samplers.sample_pc', 'snr NaN', lambda: sample_pc(RING, X, SIG, snr=NAN), V, 'snr must be a finite number > 0')
+case('samplers.check_churn', 's_churn < 0', lambda: check_churn(s_churn=-1.), V, 's_churn must be')
+case('samplers.churn', 'noise_sampler not callable', lambda: churn(X, torch.tensor(1., dtype=torch.float64), 4, None, s_churn=1.), T, 'not callable')
 case('samplers.sample_heun', 's_churn NaN', lambda: sample_heun(RING, X, SIG, s_churn=NAN), V, 's_churn must be a finite number')
 case('samplers.sample_heun', 's_noise < 0', lambda: sample_heun(RING, X, SIG, s_noise=-1.), V, 's_noise must be')
 case('samplers.sample_heun', 's_tmax NaN', lambda: sample_heun(RING, X, SIG, s_tmax=NAN), V, 's_tmax must be')
