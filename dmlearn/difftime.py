@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
-from .core import batch_sigma, check_int, check_real
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from typing import NamedTuple
+from .core import batch_sigma, check_int, check_real, check_finite
 from .gmm import GMM, plot_density
 from .starts import gauss_kl, gaussian_prior, draw_samples, check_start_batch, check_start_sigma, single_thread
 from .samplers import Start, StartOut, GaussianStart, generate
@@ -16,6 +17,7 @@ from .samplers import Start, StartOut, GaussianStart, generate
 # %% auto #0
 __all__ = ['sigma_quadrature', 'elbo_gaussian', 'elbo_terms', 'ScoreErrorDenoiser', 'prior_kl_curve', 'prior_kl_bounds',
            'optimal_T', 'AuxGMM', 'fit_aux', 'AuxStart', 'aux_kl_curve', 'sweep_T', 'score_error_profile', 'gap_curve',
+           'likelihood_grid', 'pf_ode_field', 'LikelihoodOut', 'ode_log_prob', 'dequantize', 'bits_per_dim',
            'plot_difftime']
 
 # %% ../nbs/31_diffusion_time.ipynb #913d451f
@@ -350,6 +352,100 @@ def gap_curve(model, gm:GMM, sigmas_T, sigma_min=0.002, n_nodes=48, n=4000, seed
         total += (wu * u.exp()**2 * e).sum().item()
         out.append(total)      # dσ = σ du
     return torch.tensor(out, dtype=torch.float64)
+
+# %% ../nbs/31_diffusion_time.ipynb #64d38bce
+def likelihood_grid(steps:int, # Heun steps from σ_min to σ_T
+                    sigma_T:float, sigma_min:float=0.002, rho:float=7.,
+                    nodes=()): # extra σ values the grid must pass through (shorter σ_T values to record)
+    "An ascending σ grid from σ_min to σ_T: the samplers' Karras spacing reversed, with `nodes` added."
+    from dmlearn.schedules import get_sigmas_karras
+    g = get_sigmas_karras(steps, sigma_min, sigma_T, rho)[:-1].flip(0)
+    nd = torch.as_tensor(nodes, dtype=g.dtype).flatten()
+    if len(nd) and not (torch.isfinite(nd).all() and (nd >= g[0]).all() and (nd <= g[-1]).all()):
+        raise ValueError(f"nodes must lie in [sigma_min, sigma_T] = [{g[0].item():g}, {g[-1].item():g}]; got {nd.tolist()}")
+    return torch.cat([g, nd]).unique(sorted=True)
+
+# %% ../nbs/31_diffusion_time.ipynb #92cd7bb8
+def pf_ode_field(model, # a denoiser `D(x, sigma)`, differentiable in x
+                 x, sigma:float,
+                 probes=None): # None: the exact divergence; a tensor `[P, *x.shape]`: Hutchinson with these P probes
+    "The probability-flow field f = (x - D(x;σ))/σ = dx/dσ and its divergence ∇·f = (d - ∇·D)/σ per sample `[B]`."
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        D = model(xg, batch_sigma(sigma, xg))
+        if D.shape != x.shape: raise ValueError(f"the denoiser returned shape {tuple(D.shape)} for x of shape {tuple(x.shape)}")
+        flat = D.flatten(1); d = flat.shape[1]
+        if probes is None:                            # tr ∂D/∂x, one column per backward pass
+            tr = sum(torch.autograd.grad(flat[:, i].sum(), xg, retain_graph=i < d - 1)[0].flatten(1)[:, i] for i in range(d))
+        else:                                         # E_ε[εᵀ (∂D/∂x) ε] = tr ∂D/∂x for E[εεᵀ] = I
+            tr = sum((torch.autograd.grad(D, xg, e, retain_graph=k < len(probes) - 1)[0] * e).flatten(1).sum(1)
+                     for k, e in enumerate(probes)) / len(probes)
+    D = D.detach()
+    return (x - D) / sigma, (d - tr.detach().double()) / sigma
+
+# %% ../nbs/31_diffusion_time.ipynb #a026778b
+class LikelihoodOut(NamedTuple):
+    log_p: torch.Tensor   # [B] log p_σmin(x) in nats (start term + integral)
+    x_T: torch.Tensor     # the endpoint x(σ_T)
+    delta: torch.Tensor   # [B] the integral ∫ ∇·f dσ alone
+    nfe: int              # denoiser calls (each with its backward passes)
+    at: dict              # σ -> (x(σ), integral up to σ) at the recorded nodes
+
+def _gauss_logp(x, s): # log N(x; 0, s² I) per sample
+    f = x.double().flatten(1)
+    return -0.5 * (f.pow(2).sum(1) / s**2 + f.shape[1] * math.log(2 * math.pi * s**2))
+
+def ode_log_prob(model, # the denoiser
+                 x, # points `[B, ...]` (for a bound on discrete data: `dequantize` them first)
+                 sigmas, # the ascending grid (`likelihood_grid`); sigmas[0] = σ_min, sigmas[-1] = σ_T
+                 prior=None, # the start at σ_T: `.log_prob(x)`; None: N(0, σ_T² I)
+                 divergence:str='exact', # 'exact' or 'hutchinson'
+                 n_probes:int=1, generator=None, # Hutchinson's Rademacher probes (fixed along the path)
+                 record=()): # grid values σ at which to keep (x(σ), integral so far)
+    "log p_{σ_min}(x) through the probability-flow ODE, integrated upwards with Heun's method (2 calls per step)."
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if len(sig) < 2 or not (torch.isfinite(sig).all() and (sig > 0).all() and (sig.diff() > 0).all()):
+        raise ValueError(f"sigmas must be an increasing grid of at least 2 noise levels > 0 (σ_min first); got {sig.tolist()[:6]}")
+    if divergence not in ('exact', 'hutchinson'): raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
+    x = torch.as_tensor(x)
+    if x.ndim < 2 or not x.is_floating_point(): raise ValueError(f"x must be a float batch [B, ...]; got {x.dtype} of shape {tuple(x.shape)}")
+    check_finite(x, 'x')
+    probes = None
+    if divergence == 'hutchinson':
+        n_probes = check_int(n_probes, 'n_probes', lo=1)
+        probes = torch.randint(0, 2, (n_probes, *x.shape), generator=generator).to(x) * 2 - 1
+    rec = {float(s) for s in torch.as_tensor(record, dtype=torch.float64).flatten().tolist()}
+    grid = set(sig.tolist())
+    if not rec <= grid: raise ValueError(f"record values must be grid points; not on the grid: {sorted(rec - grid)}")
+    delta = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    at = {sig[0].item(): (x.clone(), delta.clone())} if sig[0].item() in rec else {}
+    for s0, s1 in zip(sig[:-1].tolist(), sig[1:].tolist()):
+        h = s1 - s0
+        f0, v0 = pf_ode_field(model, x, s0, probes)
+        f1, v1 = pf_ode_field(model, x + h * f0, s1, probes)
+        x, delta = x + 0.5 * h * (f0 + f1), delta + 0.5 * h * (v0 + v1)
+        check_finite(x, f'the ODE state at σ = {s1:g}')
+        if s1 in rec: at[s1] = (x.clone(), delta.clone())
+    sT = sig[-1].item()
+    lp = _gauss_logp(x, sT) if prior is None else torch.as_tensor(prior.log_prob(x)).double()
+    return LikelihoodOut(lp + delta, x, delta, 2 * (len(sig) - 1), at)
+
+# %% ../nbs/31_diffusion_time.ipynb #64065a05
+def dequantize(x, # images in [-1, 1] on a grid of `levels` grey levels (x = 2k/(levels-1) - 1)
+               levels:int, generator=None):
+    "Uniform dequantisation: y = 2(k + u)/levels - 1 with u ~ U[0, 1)."
+    levels = check_int(levels, 'levels', lo=2)
+    x = torch.as_tensor(x)
+    k = (x.double() + 1) / 2 * (levels - 1)
+    if (k - k.round()).abs().max() > 1e-3 or k.min() < -1e-3 or k.max() > levels - 1 + 1e-3:
+        raise ValueError(f"x is not on a grid of {levels} grey levels in [-1, 1] (largest offset {(k - k.round()).abs().max().item():.3g} levels)")
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float64)
+    return (2 * (k.round() + u) / levels - 1).to(x.dtype)
+
+def bits_per_dim(log_p, # log-densities of dequantised points, nats `[B]`
+                 dim:int, levels:int):
+    "Bits per dimension of the discrete data: -log p/(d ln 2) + log2(levels/2), per sample."
+    return -torch.as_tensor(log_p).double() / (check_int(dim, 'dim', lo=1) * math.log(2)) + math.log2(check_int(levels, 'levels', lo=2) / 2)
 
 # %% ../nbs/31_diffusion_time.ipynb #501e1f8b
 def plot_difftime(gm:GMM, # the data

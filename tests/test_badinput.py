@@ -424,6 +424,17 @@ case('difftime.sweep_T', 'negative sigma_T', lambda: sweep_T(RING, RING, [-1.], 
 case('difftime.score_error_profile', 'sigma=0', lambda: score_error_profile(RING, RING, [0.]), V, 'sigmas must be finite and > 0')
 case('difftime.gap_curve', 'sigma_T below sigma_min', lambda: gap_curve(RING, RING, [0.001, 1.]), V, 'must exceed sigma_min=0.002')
 case('difftime.plot_difftime', 'sigma_T<0', lambda: plot_difftime(RING, -1.), V, 'must be')
+case('difftime.likelihood_grid', 'node above sigma_T', lambda: likelihood_grid(8, 1., nodes=[2.]), V, 'nodes must lie in')
+case('difftime.likelihood_grid', 'steps=0', lambda: likelihood_grid(0, 1.), V, 'steps')
+case('difftime.pf_ode_field', 'denoiser of the wrong shape', lambda: pf_ode_field(lambda x, s: x[:, :1], X, 1.), V, 'the denoiser returned shape')
+case('difftime.ode_log_prob', 'decreasing grid', lambda: ode_log_prob(RING, X, torch.tensor([1., 0.5])), V, 'increasing grid')
+case('difftime.ode_log_prob', 'NaN in x', lambda: ode_log_prob(RING, torch.full((2, 2), NAN, dtype=torch.float64), torch.tensor([0.5, 1.])), FloatingPointError, 'x')
+case('difftime.ode_log_prob', 'unknown divergence', lambda: ode_log_prob(RING, X, torch.tensor([0.5, 1.]), divergence='trace'), V, "'exact' or 'hutchinson'")
+case('difftime.ode_log_prob', 'record off the grid', lambda: ode_log_prob(RING, X, torch.tensor([0.5, 1.]), record=[0.7]), V, 'record values must be grid points')
+case('difftime.ode_log_prob', 'integer x', lambda: ode_log_prob(RING, torch.zeros(2, 2, dtype=torch.long), torch.tensor([0.5, 1.])), V, 'float batch')
+case('difftime.dequantize', 'off the grey-level grid', lambda: dequantize(torch.tensor([[0.1234]]), 256), V, 'not on a grid of 256')
+case('difftime.dequantize', 'levels=1', lambda: dequantize(torch.zeros(1, 1), 1), V, 'levels')
+case('difftime.bits_per_dim', 'dim=0', lambda: bits_per_dim(torch.zeros(1), 0, 256), V, 'dim')
 
 # dmcmc ---------------------------------------------------------------------------------------------------------------
 case('dmcmc.check_noise_grid', 'repeated', lambda: check_noise_grid([1., 1.]), V, 'repeated')
@@ -478,7 +489,7 @@ EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
     'SAMPLERS': 'the registry (a dict)', 'START_KINDS': 'constant', 'StartUnavailable': 'an exception class', 'NOISE_MLP_SHA256': 'constant', 'PEERS': 'constant', 'PEER_GRIDS': 'constant', 'GOAL_STARTS': 'constant', 'GOALS': 'constant', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
-    'StartOut': 'a plain dataclass of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
+    'StartOut': 'a plain dataclass of results', 'LikelihoodOut': 'a plain NamedTuple of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
     'METRICS': 'constant', 'COMMAND_MODULES': 'constant (the plugin list)',
