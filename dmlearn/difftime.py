@@ -17,8 +17,8 @@ from .samplers import Start, StartOut, GaussianStart, generate
 # %% auto #0
 __all__ = ['sigma_quadrature', 'elbo_gaussian', 'elbo_terms', 'ScoreErrorDenoiser', 'prior_kl_curve', 'prior_kl_bounds',
            'optimal_T', 'AuxGMM', 'fit_aux', 'AuxStart', 'aux_kl_curve', 'sweep_T', 'score_error_profile', 'gap_curve',
-           'likelihood_grid', 'pf_ode_field', 'LikelihoodOut', 'ode_log_prob', 'dequantize', 'bits_per_dim',
-           'plot_difftime']
+           'likelihood_grid', 'pf_ode_field', 'LikelihoodOut', 'isotropic_log_prob', 'ode_log_prob', 'dequantize',
+           'dequant_sigma', 'bits_per_dim', 'plot_difftime']
 
 # %% ../nbs/31_diffusion_time.ipynb #913d451f
 def sigma_quadrature(sigma_T, # upper limit of ∫_0^σ_T … dσ
@@ -359,7 +359,8 @@ def likelihood_grid(steps:int, # Heun steps from σ_min to σ_T
                     nodes=()): # extra σ values the grid must pass through (shorter σ_T values to record)
     "An ascending σ grid from σ_min to σ_T: the samplers' Karras spacing reversed, with `nodes` added."
     from dmlearn.schedules import get_sigmas_karras
-    g = get_sigmas_karras(steps, sigma_min, sigma_T, rho)[:-1].flip(0)
+    g = get_sigmas_karras(check_int(steps, "steps", lo=1) + 1, sigma_min, sigma_T, rho)[:-1].flip(0)   # steps + 1 nonzero values
+    g[0], g[-1] = float(sigma_min), float(sigma_T)    # the ends exactly (rounding in the power would leave a sliver beside a node)
     nd = torch.as_tensor(nodes, dtype=g.dtype).flatten()
     if len(nd) and not (torch.isfinite(nd).all() and (nd >= g[0]).all() and (nd <= g[-1]).all()):
         raise ValueError(f"nodes must lie in [sigma_min, sigma_T] = [{g[0].item():g}, {g[-1].item():g}]; got {nd.tolist()}")
@@ -391,8 +392,11 @@ class LikelihoodOut(NamedTuple):
     nfe: int              # denoiser calls (each with its backward passes)
     at: dict              # σ -> (x(σ), integral up to σ) at the recorded nodes
 
-def _gauss_logp(x, s): # log N(x; 0, s² I) per sample
-    f = x.double().flatten(1)
+def isotropic_log_prob(x, # a batch `[B, ...]`
+                       sigma:float):
+    "log N(x; 0, σ² I) per sample `[B]` (float64): the textbook start's log-density."
+    s = check_real(sigma, 'sigma', lo=0, lo_open=True)
+    f = torch.as_tensor(x).double().flatten(1)
     return -0.5 * (f.pow(2).sum(1) / s**2 + f.shape[1] * math.log(2 * math.pi * s**2))
 
 def ode_log_prob(model, # the denoiser
@@ -427,25 +431,29 @@ def ode_log_prob(model, # the denoiser
         check_finite(x, f'the ODE state at σ = {s1:g}')
         if s1 in rec: at[s1] = (x.clone(), delta.clone())
     sT = sig[-1].item()
-    lp = _gauss_logp(x, sT) if prior is None else torch.as_tensor(prior.log_prob(x)).double()
+    lp = isotropic_log_prob(x, sT) if prior is None else torch.as_tensor(prior.log_prob(x)).double()
     return LikelihoodOut(lp + delta, x, delta, 2 * (len(sig) - 1), at)
 
 # %% ../nbs/31_diffusion_time.ipynb #64065a05
 def dequantize(x, # images in [-1, 1] on a grid of `levels` grey levels (x = 2k/(levels-1) - 1)
                levels:int, generator=None):
-    "Uniform dequantisation: y = 2(k + u)/levels - 1 with u ~ U[0, 1)."
+    "Uniform dequantisation over centred bins: y = x + Δ(u - 1/2), Δ = 2/(levels - 1), u ~ U[0, 1)."
     levels = check_int(levels, 'levels', lo=2)
     x = torch.as_tensor(x)
     k = (x.double() + 1) / 2 * (levels - 1)
     if (k - k.round()).abs().max() > 1e-3 or k.min() < -1e-3 or k.max() > levels - 1 + 1e-3:
         raise ValueError(f"x is not on a grid of {levels} grey levels in [-1, 1] (largest offset {(k - k.round()).abs().max().item():.3g} levels)")
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64)
-    return (2 * (k.round() + u) / levels - 1).to(x.dtype)
+    return (2 * (k.round() + u - 0.5) / (levels - 1) - 1).to(x.dtype)
+
+def dequant_sigma(levels:int): # the standard deviation of the dequantisation noise, Δ/√12
+    "The σ_min for a likelihood of dequantised data with `levels` grey levels: (2/(levels - 1))/√12."
+    return 2 / (check_int(levels, 'levels', lo=2) - 1) / math.sqrt(12)
 
 def bits_per_dim(log_p, # log-densities of dequantised points, nats `[B]`
                  dim:int, levels:int):
-    "Bits per dimension of the discrete data: -log p/(d ln 2) + log2(levels/2), per sample."
-    return -torch.as_tensor(log_p).double() / (check_int(dim, 'dim', lo=1) * math.log(2)) + math.log2(check_int(levels, 'levels', lo=2) / 2)
+    "Bits per dimension of the discrete data: -log p/(d ln 2) + log2((levels - 1)/2), per sample."
+    return -torch.as_tensor(log_p).double() / (check_int(dim, 'dim', lo=1) * math.log(2)) + math.log2((check_int(levels, 'levels', lo=2) - 1) / 2)
 
 # %% ../nbs/31_diffusion_time.ipynb #501e1f8b
 def plot_difftime(gm:GMM, # the data

@@ -434,6 +434,8 @@ case('difftime.ode_log_prob', 'record off the grid', lambda: ode_log_prob(RING, 
 case('difftime.ode_log_prob', 'integer x', lambda: ode_log_prob(RING, torch.zeros(2, 2, dtype=torch.long), torch.tensor([0.5, 1.])), V, 'float batch')
 case('difftime.dequantize', 'off the grey-level grid', lambda: dequantize(torch.tensor([[0.1234]]), 256), V, 'not on a grid of 256')
 case('difftime.dequantize', 'levels=1', lambda: dequantize(torch.zeros(1, 1), 1), V, 'levels')
+case('difftime.isotropic_log_prob', 'sigma=0', lambda: isotropic_log_prob(X, 0.), V, 'sigma')
+case('difftime.dequant_sigma', 'levels=1', lambda: dequant_sigma(1), V, 'levels')
 case('difftime.bits_per_dim', 'dim=0', lambda: bits_per_dim(torch.zeros(1), 0, 256), V, 'dim')
 
 # dmcmc ---------------------------------------------------------------------------------------------------------------
