@@ -314,25 +314,16 @@ def run_peer(gm, # the exact `GMM`
     return x.to(torch.float64), calls
 
 # %% ../nbs/12_bench.ipynb #1b6aa377
-def _ed_parts(ref):
-    "Energy distance against a fixed reference, with the reference's own pair sum computed once."
-    from dmlearn.metrics import _pair_sum, _samples
-    y = _samples(ref, 'ref', min_n=2); m = len(y); yy = _pair_sum(y, y) / (m * (m - 1))
-    def ed(x):
-        x = _samples(x, 'x', dim=y.shape[1], min_n=2); k = len(x)
-        return 2 * _pair_sum(x, y) / (k * m) - _pair_sum(x, x) / (k * (k - 1)) - yy
-    return ed
-
 def sampling_floor(gm, n=10_000, seeds=(11, 12, 13)):
     "Energy distance and mode TV of exact samples against exact samples, `n` each, per seed: the floor a perfect sampler meets."
-    from dmlearn.metrics import mode_weight_error
+    from dmlearn.metrics import mode_weight_error, energy_distance_to
     n, seeds = check_int(n, 'n', lo=2), list(seeds)
     if not seeds: raise ValueError("seeds must list at least one seed")
     vals, tvs = [], []
     for s in seeds:
         ref = gm.sample(n, torch.Generator().manual_seed(10_000 + s))
         x = gm.sample(n, torch.Generator().manual_seed(20_000 + s))
-        vals.append(_ed_parts(ref)(x)); tvs.append(mode_weight_error(x, gm))
+        vals.append(energy_distance_to(ref)(x)); tvs.append(mode_weight_error(x, gm))
     v = torch.tensor(vals, dtype=torch.float64)
     return {'n': n, 'seeds': list(seeds), 'energy': vals, 'energy_rms': v.pow(2).mean().sqrt().item(), 'energy_mean': v.mean().item(),
             'energy_std': v.std().item() if len(vals) > 1 else 0., 'modes': tvs, 'modes_mean': sum(tvs) / len(tvs)}
@@ -363,10 +354,10 @@ def sweep_ours(gm, budgets=range(2, 21), n=1000, seed=0, samplers=None, starts=G
 
 def sweep_peers(gm, budgets=range(3, 21), n=1000, seed=0, peers=None, grids=None, progress=False):
     "Every peer scheduler × grid option at the budgets (model calls): cells."
-    from dmlearn.metrics import mode_weight_error
+    from dmlearn.metrics import mode_weight_error, energy_distance_to
     for p in (peers or ()):
         if p not in PEERS: raise ValueError(f"unknown peer {p!r}; choose from {', '.join(PEERS)}")
-    ed = _ed_parts(gm.sample(n, torch.Generator().manual_seed(seed + 1)))
+    ed = energy_distance_to(gm.sample(n, torch.Generator().manual_seed(seed + 1)))
     cells = []
     for p in (list(PEERS) if peers is None else peers):
         t0 = time.time()
@@ -383,12 +374,12 @@ def sweep_peers(gm, budgets=range(3, 21), n=1000, seed=0, peers=None, grids=None
 
 def tune_best(gm, cells, budgets, n=1000, seed=0, method=None, progress=False):
     "For each path budget, fit a σ grid (`dmlearn.tuning.fit_sigmas`) to the best deterministic, single-σ cell and score it like the others: new cells."
-    from dmlearn.cli import make_start, fit_grid, _start_nfe
+    from dmlearn.cli import make_start, fit_grid, start_nfe
     from dmlearn.samplers import generate, get_sampler
-    from dmlearn.metrics import mode_weight_error
+    from dmlearn.metrics import mode_weight_error, energy_distance_to
     from dmlearn.tuning import METHODS
     if method is not None and method not in METHODS: raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    ed = _ed_parts(gm.sample(n, torch.Generator().manual_seed(seed + 1)))   # compare's reference for this seed
+    ed = energy_distance_to(gm.sample(n, torch.Generator().manual_seed(seed + 1)))   # compare's reference for this seed
     out = []
     for b in budgets:
         ok = [c for c in cells if c['budget'] == b and c['schedule'] != 'fitted' and not c['start'].startswith('dlg')
@@ -401,7 +392,7 @@ def tune_best(gm, cells, budgets, n=1000, seed=0, method=None, progress=False):
         grid, cost = fit_grid(gm, c['sampler'], b, start, method, seed)
         o = generate(gm, n, c['sampler'], b, schedule=grid, start=start, generator=torch.Generator().manual_seed(seed))
         out.append({**c, 'label': c['label'].rsplit(' [', 1)[0] + ' [fitted]', 'schedule': 'fitted', 'sigmas': grid.tolist(),
-                    'nfe': o.nfe, 'total': o.nfe + _start_nfe(o.start_cost), 'fit_nfe': cost['nfe'], 'energy': ed(o.x),
+                    'nfe': o.nfe, 'total': o.nfe + start_nfe(o.start_cost), 'fit_nfe': cost['nfe'], 'energy': ed(o.x),
                     'modes': mode_weight_error(o.x, gm)})
         if progress: print(f"  fitted {out[-1]['label']} at {b}: {time.time() - t0:.0f} s", file=sys.stderr)
     return out
@@ -419,21 +410,21 @@ def _run_cell(gm, cell, n, seed):
     "Re-run a selected cell with `n` samples and new noises: (samples, total NFE per output)."
     if cell['side'] == 'peer':
         x, calls = run_peer(gm, cell['peer'], cell['budget'], n, seed, cell['grid']); return x, float(calls)
-    from dmlearn.cli import make_start, _start_nfe
+    from dmlearn.cli import make_start, start_nfe
     from dmlearn.samplers import generate
     kind, _, sig = cell['start'].partition('@')
     start, _ = make_start(kind, float(sig), gm, n, seed)
     sch = torch.tensor(cell['sigmas'], dtype=torch.float64) if cell['schedule'] == 'fitted' else cell['schedule']
     out = generate(gm, n, cell['sampler'], cell['budget'], schedule=sch, start=start, generator=torch.Generator().manual_seed(seed))
-    return out.x, out.nfe + _start_nfe(out.start_cost)
+    return out.x, out.nfe + start_nfe(out.start_cost)
 
 def evaluate(gm, cells, n=10_000, seeds=(11, 12, 13)):
     "Score each distinct cell on fresh noises (seed 30000+s) against the floor's reference sets (seed 10000+s): {label@budget: result}."
-    from dmlearn.metrics import mode_weight_error
+    from dmlearn.metrics import mode_weight_error, energy_distance_to
     uniq = {f"{c['label']}@{c['budget']}": c for c in cells if c is not None}
     res = {k: {'energy': [], 'modes': [], 'total': []} for k in uniq}
     for s in seeds:
-        ed = _ed_parts(gm.sample(n, torch.Generator().manual_seed(10_000 + s)))
+        ed = energy_distance_to(gm.sample(n, torch.Generator().manual_seed(10_000 + s)))
         for k, c in uniq.items():
             x, tot = _run_cell(gm, c, n, 30_000 + s)
             res[k]['energy'].append(ed(x)); res[k]['modes'].append(mode_weight_error(x, gm)); res[k]['total'].append(tot)
@@ -464,9 +455,9 @@ def goal_benchmark(target, # a preset name, a mixture JSON file or a `GMM`
     budgets = range(max(1, min(totals) - 1), max(totals) + 1) if path_budgets is None else [int(b) for b in path_budgets]
     ours, notes = sweep_ours(gm, budgets, n_select, seed, samplers, starts, schedules, False, progress)
     if tune:
-        from dmlearn.cli import _fit_module, StartUnavailable
+        from dmlearn.cli import tuning_module, StartUnavailable
         try:
-            _fit_module()
+            tuning_module()
             ours += tune_best(gm, ours, list(budgets) if tune_budgets is None else list(tune_budgets), n_select, seed,
                               None if tune is True else tune, progress)
         except StartUnavailable as e: notes.append(str(e))

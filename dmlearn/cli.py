@@ -17,7 +17,8 @@ from .bench import threads
 
 # %% auto #0
 __all__ = ['METRICS', 'START_KINDS', 'COMMAND_MODULES', 'load_mixture', 'mixture_spec', 'get_target', 'StartUnavailable',
-           'parse_starts', 'make_start', 'start_label', 'fit_grid', 'compare', 'format_table', 'plot_compare', 'main']
+           'parse_starts', 'make_start', 'start_label', 'start_nfe', 'tuning_module', 'fit_grid', 'compare',
+           'format_table', 'plot_compare', 'main']
 
 # %% ../nbs/90_cli.ipynb #f0052dfa
 def _metric_fns():
@@ -168,12 +169,12 @@ def start_label(kind, sigma):
     if kind not in START_KINDS: raise ValueError(f"unknown start {kind!r}; choose from {', '.join(START_KINDS)}")
     return f"{kind}@{sigma:g}"
 
-def _start_nfe(cost):
+def start_nfe(cost): # a start's cost record (`Samples.start_cost`)
     "The start's counted NFE per output (DLG: every chain call, its initial solve and burn-in included)."
     return float(cost.get('nfe_with_init', cost.get('nfe', 0)))
 
 # %% ../nbs/90_cli.ipynb #062c2016
-def _fit_module():
+def tuning_module():
     try: import dmlearn.tuning as T
     except ImportError as e: raise StartUnavailable(f"fitted schedules skipped: dmlearn.tuning is not available ({e})") from None
     if not callable(getattr(T, 'fit_sigmas', None)): raise StartUnavailable("fitted schedules skipped: dmlearn.tuning has no fit_sigmas")
@@ -181,7 +182,7 @@ def _fit_module():
 
 def fit_grid(gm, sampler, nfe, start, method=None, seed=0, sigma_min=0.002):
     "A σ grid fitted by `dmlearn.tuning.fit_sigmas` to the exact denoiser of `gm` on calibration noises of `start`: `(sigmas, fit cost)`."
-    T = _fit_module()
+    T = tuning_module()
     kw = {} if method is None else {'method': method}
     f = T.fit_sigmas(gm, sampler, nfe, (gm.dim,), start=start, heldout=0, seed=seed + 1000, sigma_min=sigma_min, **kw)
     return f.sigmas.to(torch.float64), {k: v for k, v in f.fit_cost.items() if k in ('nfe', 'evals')}
@@ -256,7 +257,7 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`, a mixture JSON f
     plans = [(s, s, None, False) for s in names] + [(f"{s} @ {start_label(*k)}", s, k, False) for k in built for s in names]
     if tune:
         try:
-            _fit_module()
+            tuning_module()
             det = [s for s in names if not get_sampler(s).is_stochastic()]
             plans += [(f"{lab} fitted", s, k, True) for lab, s, k, _ in list(plans) if (k is None or k[0] != 'dlg') and s in det]
             if any(k[0] == 'dlg' for k in built): notes.append("no fitted rows for dlg: its outputs start at their own sigma each")
@@ -267,8 +268,8 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`, a mixture JSON f
     exact2 = gm.sample(n, generator=torch.Generator().manual_seed(seed + 2))
     mg = lambda: torch.Generator().manual_seed(seed + 3)
     if 'energy' in metrics:                                 # the reference's own pair sum once, not once per cell
-        from dmlearn.bench import _ed_parts
-        ed = _ed_parts(ref); fns = {**fns, 'energy': (fns['energy'][0], lambda x, gm, ref, g: float(ed(x)))}
+        from dmlearn.metrics import energy_distance_to
+        ed = energy_distance_to(ref); fns = {**fns, 'energy': (fns['energy'][0], lambda x, gm, ref, g: float(ed(x)))}
     floors = {m: fns[m][1](exact2, gm, ref, mg()) for m in metrics}
     if folder is not None: _save_npy(folder / 'reference.npy', ref)
     from dmlearn.samplers import GaussianStart
@@ -295,7 +296,7 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`, a mixture JSON f
             except (ValueError, RuntimeError) as e:            # e.g. a start that refuses this mixture: a blank cell, said why
                 rows[label][int(b)] = None; notes.append(f"{label}, NFE {b}: {e}"); continue
             vals = {m: fns[m][1](x, gm, ref, mg()) for m in metrics}
-            snfe = _start_nfe(scost)
+            snfe = start_nfe(scost)
             cell = {'value': vals[metrics[0]], 'values': vals, 'nfe': int(path_nfe), 'start_nfe': snfe,
                     'total_nfe': path_nfe + snfe, 'fit_nfe': int(fit_nfe)}
             if tuned: cell['sigmas'], cell['fit_cost'] = grid.tolist(), dict(fit_cost)

@@ -12,8 +12,8 @@ from scipy.integrate import solve_ivp
 from .core import batch_sigma, check_int, check_real
 
 # %% auto #0
-__all__ = ['HEADLINE', 'cross_entropy', 'gm_entropy', 'energy_distance', 'sliced_wasserstein', 'mode_weight_error',
-           'ode_reference', 'gaussian_flow', 'fit_order', 'compare_samples']
+__all__ = ['HEADLINE', 'cross_entropy', 'gm_entropy', 'energy_distance', 'energy_distance_to', 'sliced_wasserstein',
+           'mode_weight_error', 'ode_reference', 'gaussian_flow', 'fit_order', 'compare_samples']
 
 # %% ../nbs/03_metrics.ipynb #ecebb0f9
 def _samples(x, name='x', dim=None, min_n=1):
@@ -61,6 +61,17 @@ def energy_distance(x, # samples `[n, d]`, n ≥ 2
     n, m = len(x), len(y)
     nx, my = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
     return 2 * _pair_sum(x, y, chunk) / (n * m) - _pair_sum(x, x, chunk) / nx - _pair_sum(y, y, chunk) / my
+
+# %% ../nbs/03_metrics.ipynb #e3240e09
+def energy_distance_to(ref, # the fixed reference samples `[m, d]`, m ≥ 2
+                       chunk=None): # rows per block (as in `energy_distance`)
+    "`x -> energy_distance(x, ref)` with the reference's own pair sum computed once (for many runs against one reference)."
+    y = _samples(ref, 'ref', min_n=2); m = len(y); yy = _pair_sum(y, y, chunk) / (m * (m - 1))
+    def ed(x):
+        x = _samples(x, 'x', dim=y.shape[1], min_n=2); k = len(x)
+        return 2 * _pair_sum(x, y, chunk) / (k * m) - _pair_sum(x, x, chunk) / (k * (k - 1)) - yy
+    return ed
+
 
 # %% ../nbs/03_metrics.ipynb #082af303
 def sliced_wasserstein(x, # samples `[n, d]`

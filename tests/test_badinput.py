@@ -411,6 +411,8 @@ case('starts.sweep_sigma_start', 'n=2.5', lambda: sweep_sigma_start(RING, RING, 
 case('starts.plot_prior_start', 'negative sigma_start', lambda: plot_prior_start(RING, RING, RING, -0.5), V, "must be in (0, sigma_max=80]")
 
 # difftime ------------------------------------------------------------------------------------------------------------
+case('metrics.energy_distance_to', 'one reference sample', lambda: energy_distance_to(torch.zeros(1, 2)), V, 'at least 2')
+case('metrics.energy_distance_to', 'NaN in x', lambda: energy_distance_to(X)(torch.full((3, 2), NAN)), V, 'NaN')
 case('difftime.sigma_quadrature', 'sigma_T=0', lambda: sigma_quadrature(0.), V, 'sigma_T must be positive')
 case('difftime.sigma_quadrature', 'n=2.5', lambda: sigma_quadrature(1., n=2.5), V, 'n must be an integer')
 case('difftime.elbo_gaussian', 'sigma_T NaN', lambda: elbo_gaussian(torch.zeros(2), torch.eye(2), NAN), V, 'sigma_T must be')
@@ -491,7 +493,7 @@ EXEMPT = {   # public names without a bad-input case, and why
     'PREDICTION_TYPES': 'constant', 'PRESETS': 'constant', 'BETA_SCHEDULES': 'constant', 'SPACINGS': 'constant',
     'SCHEDULES': 'constant', 'HEADLINE': 'constant', 'FULL_SIZE': 'constant', 'PRETRAINED_SHA256': 'constant',
     'SAMPLERS': 'the registry (a dict)', 'START_KINDS': 'constant', 'StartUnavailable': 'an exception class', 'NOISE_MLP_SHA256': 'constant', 'PEERS': 'constant', 'PEER_GRIDS': 'constant', 'GOAL_STARTS': 'constant', 'GOALS': 'constant', 'IPNDM_COEFFS': 'constant', 'MULTISTEP': 'constant', 'KDIFF': 'constant', 'lazy_pyplot': 'matplotlib.pyplot itself, imported on first use', 'active_checks': 'a query without arguments', 'notify': 'calls the callback it is given', 'sampler_loop': 'a decorator', 'HostSyncCounter': 'a TorchFunctionMode without arguments', 'BASELINES': 'constant', 'MAX_STEPS': 'constant', 'BudgetError': 'an exception class',
-    'StartOut': 'a plain dataclass of results', 'LikelihoodOut': 'a plain NamedTuple of results', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
+    'StartOut': 'a plain dataclass of results', 'LikelihoodOut': 'a plain NamedTuple of results', 'start_nfe': "reads a start's own cost record (a dict)", 'tuning_module': 'takes no arguments (an optional module, or StartUnavailable)', 'Start': 'abstract base class', 'Samples': 'a plain dataclass of results',
     'DMCMCSamples': 'a plain dataclass of results', 'PAIRS': 'constant', 'BETAS': 'constant', 'TARGET_RATIO': 'constant',
     'PHIS': 'constant', 'OFFSETS': 'constant', 'INFEASIBLE': 'constant', 'FORMS': 'constant', 'PRIOR_KINDS': 'constant',
     'METRICS': 'constant', 'COMMAND_MODULES': 'constant (the plugin list)',
