@@ -221,7 +221,7 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`, a mixture JSON f
             tune=False, # True or a `fit_sigmas` method name: a twin of every row on a fitted σ grid
             save_samples=None): # a folder: every cell's samples as .npy, named in the result
     "Run each sampler (× each start, × fitted grids) at each NFE budget on the exact denoiser of `target`; return a JSON-ready dict."
-    from dmlearn.schedules import _OWN_RANGE
+    from dmlearn.schedules import OWN_RANGE
     load_samplers()
     gm, tlabel = get_target(target)
     if isinstance(samplers, str): samplers = [samplers]
@@ -238,7 +238,7 @@ def compare(target='ring', # a preset of `dmlearn.gmm.PRESETS`, a mixture JSON f
     seed = check_int(seed, 'seed', lo=0)
     check_real(sigma_min, 'sigma_min', lo=0, lo_open=True); check_real(sigma_max, 'sigma_max', lo=0, lo_open=True)
     specs = parse_starts(starts, start_sigma)
-    if specs and schedule in _OWN_RANGE:
+    if specs and schedule in OWN_RANGE:
         raise ValueError(f"starts need a schedule whose sigma_max follows the start (karras, exponential, linear, ve); {schedule!r} has its own range")
     for kind, s in specs:
         if kind != 'dlg' and not s > sigma_min: raise ValueError(f"the start {start_label(kind, s)} must sit above sigma_min={sigma_min:g}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from .core import _plt as plt   # matplotlib.pyplot, imported on first use
+from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
 from typing import NamedTuple
 from .core import batch_sigma, check_int, check_real, check_finite
 from .gmm import GMM, plot_density

@@ -500,9 +500,9 @@ def _integral_pos(d):
 
 def make_sigmas(schedule, steps, sigma_min, sigma_start, dtype=torch.float64, **kw):
     "A σ grid of `steps` steps from `sigma_start` (a number or `[B]`) to `sigma_min`, then 0; `[S+1]` or `[S+1, B]`."
-    from dmlearn.schedules import get_sigmas, _OWN_RANGE
+    from dmlearn.schedules import get_sigmas, OWN_RANGE
     st = torch.as_tensor(sigma_start, dtype=dtype)
-    if schedule in _OWN_RANGE:                        # vp / ddpm grids carry their own σ range: the start must match it
+    if schedule in OWN_RANGE:                        # vp / ddpm grids carry their own σ range: the start must match it
         g = get_sigmas(schedule, steps, **kw).to(dtype)
         if st.ndim > 0 or not math.isclose(st.item(), g[0].item(), rel_tol=1e-6):
             raise ValueError(f"schedule {schedule!r} starts at its own sigma_max={g[0].item():.6g}, but the start is at sigma="
@@ -555,9 +555,9 @@ def generate(model,                 # a denoiser `model(x, sigma[B]) -> denoised
         cost = info.nfe(steps, **hp)
         if nfe is not None and cost > check_int(nfe, 'nfe', lo=1):
             raise BudgetError(f"sampler {sampler!r} spends {cost} NFE on the explicit grid's {steps} steps, over the budget nfe={nfe}")
-    from dmlearn.schedules import get_sigmas, _OWN_RANGE
+    from dmlearn.schedules import get_sigmas, OWN_RANGE
     if grid is not None: sigma_max = grid[0].item()
-    elif start is None and schedule in _OWN_RANGE:    # the textbook start at the grid's own sigma_max
+    elif start is None and schedule in OWN_RANGE:    # the textbook start at the grid's own sigma_max
         sigma_max = get_sigmas(schedule, 1, **(schedule_kw or {}))[0].item()
     start = start or GaussianStart(sigma_max)
     if not callable(start): raise ValueError(f"start must be a Start (callable as start(n, shape, ...)); got {type(start).__name__}")

@@ -11,10 +11,10 @@ from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first us
 from .core import append_zero, alphas_cumprod_to_sigmas, check_sigmas
 
 # %% auto #0
-__all__ = ['BETA_SCHEDULES', 'SPACINGS', 'SCHEDULES', 'check_steps', 'check_sigma_range', 'finish_grid', 'get_sigmas_linear',
-           'get_sigmas_exponential', 'get_sigmas_karras', 'get_sigmas_ve', 'get_sigmas_vp', 'get_sigmas_vp_time',
-           'ddpm_alphas_cumprod', 'ddpm_timesteps', 'get_sigmas_ddpm', 'ddpm_sigma_range', 'get_sigmas', 'plot_sigmas',
-           'plot_sigma_density']
+__all__ = ['BETA_SCHEDULES', 'SPACINGS', 'SCHEDULES', 'OWN_RANGE', 'check_steps', 'check_sigma_range', 'finish_grid',
+           'get_sigmas_linear', 'get_sigmas_exponential', 'get_sigmas_karras', 'get_sigmas_ve', 'get_sigmas_vp',
+           'get_sigmas_vp_time', 'ddpm_alphas_cumprod', 'ddpm_timesteps', 'get_sigmas_ddpm', 'ddpm_sigma_range',
+           'get_sigmas', 'plot_sigmas', 'plot_sigma_density']
 
 # %% ../nbs/02_schedules.ipynb #bc871113
 def check_steps(n):
@@ -188,7 +188,7 @@ SCHEDULES = dict(karras=get_sigmas_karras, exponential=get_sigmas_exponential, l
                  ve=get_sigmas_ve, vp=get_sigmas_vp, ddpm=get_sigmas_ddpm,
                  logsnr=get_sigmas_exponential,       # DPM-Solver's name for the same grid (uniform in λ = -log σ)
                  vp_time=get_sigmas_vp_time)          # uniform VP-linear time on the caller's σ range (`vp` on its own range)
-_OWN_RANGE = ('vp', 'ddpm')
+OWN_RANGE = ('vp', 'ddpm')   # schedules whose grid carries its own σ range (a start must match it)
 
 def get_sigmas(name, # a key of `SCHEDULES`
                n, # number of steps (the grid has n+1 values)
@@ -196,7 +196,7 @@ def get_sigmas(name, # a key of `SCHEDULES`
                **kw): # passed on, e.g. `rho`, `eps_s`, `spacing`, `device`, `dtype`
     "The σ grid of schedule `name` with `n` steps, ending in 0."
     if name not in SCHEDULES: raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name in _OWN_RANGE:
+    if name in OWN_RANGE:
         if (float(sigma_min), float(sigma_max)) != (0.002, 80.):
             raise ValueError(f"schedule {name!r} sets its own σ range ({'beta_d, beta_min, eps_s' if name == 'vp' else 'the alphas_cumprod table'}); "
                              "leave sigma_min/sigma_max at their defaults or use karras/exponential/linear/ve")
