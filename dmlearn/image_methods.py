@@ -10,19 +10,21 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import CountNFE
+from .core import CountNFE, lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
+from .datasets import image_grid
 from .samplers import Start, GaussianStart, generate, get_sampler, load_samplers
 from .checkpoint import save_checkpoint, load_checkpoint, sha256_file, CheckpointError
 from .dmcmc import noise_grid, check_noise_grid, NoisePosterior, ClassifierNoisePosterior, DLGStart, generate_tweedie
 from .starts import PriorStart, VAE2d
-from .difftime import AuxStart
+from .difftime import AuxStart, likelihood_grid, ode_log_prob, dequantize, dequant_sigma, bits_per_dim, isotropic_log_prob
 from .gpu_chapters import ImagePrior, train_noise_classifier
 
 # %% auto #0
 __all__ = ['SHIPPED', 'PATHS', 'START_DEFAULTS', 'IMAGE_STARTS', 'SmallNoiseCNN', 'image_levels', 'train_level_classifier',
            'level_errors', 'save_level_classifier', 'load_level_classifier', 'pretrained_noise_posterior',
            'image_metric', 'method_row', 'format_table', 'dlg_rows', 'plot_chain', 'GaussianImages', 'save_vae',
-           'load_vae', 'pretrained_vae', 'es_ddpm_rows', 'difftime_rows', 'path_rows', 'format_paths', 'image_start']
+           'load_vae', 'pretrained_vae', 'es_ddpm_rows', 'difftime_rows', 'bpd_rows', 'path_rows', 'format_paths',
+           'image_start']
 
 # %% ../nbs/47_methods_on_images.ipynb #fd67b7ef
 class SmallNoiseCNN(nn.Module):
@@ -83,6 +85,8 @@ def _data_path(name): return Path(str(files('dmlearn'))) / 'data' / name
 SHIPPED = {   # dataset -> {what: (file in dmlearn/data, sha256 of the file)}, written by the `slow` cells of this chapter
     'digits': {'noise_classifier': ('noise_classifier_digits.safetensors', '35be6790442c0064d30c118c5c07d17714672aa2148dc9faff054d2495c5ce42'),
                'vae': ('vae_digits.safetensors', '6d8f0c2f6fa88fe61c014572808ffef7b1e17ca6bd11499eafb5ebd698e04879')},
+    'fashion': {'noise_classifier': ('noise_classifier_fashion.safetensors', '87448e4d4ef478e8ff772b88ae30c7976385fb7e4e4e67e9d8535163d5dbc792'),
+                'vae': ('vae_fashion.safetensors', 'b249de3e40130d03fdc4e77caa8871d4d55b31eff436cfbb332806d18c715c9f')},
 }
 
 def _shipped(dataset, what):
@@ -264,6 +268,31 @@ def difftime_rows(model, base, # the denoiser; the data's `GaussianImages` (σ =
     for sT in sigma_Ts:
         rows.append(method_row(model, n, AuxStart(base.noised(sT), sigma_max=80.), sampler, nfe, 'aux ν_φ', dataset, seed) | {'sigma': sT})
         rows.append(method_row(model, n, GaussianStart(sT), sampler, nfe, 'N(0, σ_T²I)', dataset, seed) | {'sigma': sT})
+    return rows
+
+# %% ../nbs/47_methods_on_images.ipynb #7733b378
+def bpd_rows(model, # the image denoiser
+             images, # held-out images `[N, C, H, W]` on the data's grey-level grid
+             base, # the data's `GaussianImages` (σ = 0); the auxiliary start at σ_T is `base.noised(σ_T)`
+             levels:int, # grey levels (digits 17, Fashion-MNIST 256)
+             sigma_Ts=(0.5, 1., 2., 5., 20., 80.), steps:int=64, # Heun steps of the grid up to the largest σ_T
+             n_probes:int=1, seed:int=0, batch_size:int=100):
+    "Bits per dimension at each σ_T from N(0, σ_T² I) and from the auxiliary Gaussian, from one probability-flow integration."
+    g = torch.Generator().manual_seed(seed)
+    y = dequantize(torch.as_tensor(images), levels, g).float()
+    sTs = [float(s) for s in sigma_Ts]
+    grid = likelihood_grid(steps, max(sTs), sigma_min=dequant_sigma(levels), nodes=sTs)
+    t0, at = time.time(), []
+    for lo in range(0, len(y), batch_size):
+        at.append(ode_log_prob(model, y[lo:lo + batch_size], grid, divergence='hutchinson', n_probes=n_probes, generator=g, record=sTs).at)
+    secs, d, rows = time.time() - t0, y[0].numel(), []
+    for sT in sTs:
+        xT, dl = torch.cat([a[sT][0] for a in at]), torch.cat([a[sT][1] for a in at])
+        nfe = 2 * int((grid <= sT).sum().item() - 1)
+        for lbl, lp in (('N(0, σ_T²I)', isotropic_log_prob(xT, sT)), ('aux ν_φ', base.noised(sT).log_prob(xT))):
+            b = bits_per_dim(lp + dl, d, levels)
+            rows.append({'method': lbl, 'sigma': sT, 'nfe': nfe, 'bpd': b.mean().item(), 'se': b.std().item() / math.sqrt(len(b)),
+                         'seconds': secs})
     return rows
 
 # %% ../nbs/47_methods_on_images.ipynb #82d00f9a

@@ -119,6 +119,17 @@ def test_sample_cli_start_composes_with_any_path(tmp_path, capsys):
     rc, _ = _run(capsys, *base, '--start', 'prior', '--out', str(tmp_path / 'run'), '--shard-size', '4'); assert rc == 0
     assert json.loads((tmp_path / 'run' / 'run.json').read_text())['start'] == 'prior(data=digits)'
 
+@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz').is_file(), reason='dataset-fashion-mnist not installed')
+def test_sample_cli_fashion_starts(tmp_path, capsys):
+    "The issue's command line: every start on the shipped Fashion-MNIST model (its own classifier and VAE)."
+    from safetensors.torch import load_file
+    base = ['--model', 'fashion', '--sampler', 'heun', '--nfe', '10', '-n', '4', '--no-progress']
+    for st in ('dlg', 'prior', 'aux'):
+        rc, out = _run(capsys, *base, '--start', st, '--out', str(tmp_path / f'{st}.png')); assert rc == 0, out.err
+        assert f'--start {st} + heun: NFE 9' in out.out and (st != 'dlg' or 'classifier calls' in out.out)
+        x = load_file(tmp_path / f'{st}.safetensors')['samples']
+        assert x.shape == (4, 1, 28, 28) and torch.isfinite(x).all()
+
 @pytest.mark.parametrize('args,msg', [(['--start', 'nope'], "unknown start 'nope'"),
                                       (['--model', 'X', '--start', 'dlg'], 'needs --data')])
 def test_sample_cli_start_errors(tmp_path, capsys, args, msg):
