@@ -89,7 +89,7 @@ def train_noise_classifier(net, # e.g. `NoiseLevelCNN(len(sigmas))`
                            images, # training images `[N, C, H, W]` in [-1, 1]
                            sigmas, # the noise grid `[L]` (e.g. `dlg_sigmas()`)
                            steps=1000, batch=100, lr=1e-3, seed=0, device=None, progress=False):
-    "DMCMC's Algorithm A: cross-entropy on (y + σ_j ξ, j), j uniform over the grid; returns `net` in eval mode with `.losses`."
+    "DMCMC's classifier training (Kim & Ye 2022): cross-entropy on (y + σ_j ξ, j), j uniform over the grid; returns `net` in eval mode with `.losses`."
     from dmlearn.dmcmc import check_noise_grid
     sig = check_noise_grid(sigmas)
     if getattr(net, 'n_levels', len(sig)) != len(sig): raise ValueError(f"the net has {net.n_levels} classes; the grid has {len(sig)} levels")
@@ -254,7 +254,7 @@ class _Rows:
         return self.x.clone()
 
 def train_image_prior(images, # training images `[N, C, H, W]` in [-1, 1]
-                      sigma_start, # σ′: the VAE's observation std (the notes' matched VAE, §2.3)
+                      sigma_start, # σ′: the VAE's observation std (the matched VAE of the ES-DDPM chapter)
                       latent=64, hidden=1024, steps=20_000, batch=256, lr=1e-3, seed=0, progress=False):
     "ES-DDPM's prior: the library's MLP VAE on the flattened images with observation std σ′, as an image generator."
     from dmlearn.starts import train_vae

@@ -56,7 +56,7 @@ def image_levels(n_levels:int=50, sigma_min:float=0.02, sigma_max:float=80.):
 def train_level_classifier(images, # training images `[N, C, H, W]` in [-1, 1]
                            sigmas=None, # the level grid (default `image_levels()`)
                            steps:int=3000, batch:int=128, lr:float=2e-3, seed:int=0, widths=(16, 32, 64), progress=False):
-    "A `SmallNoiseCNN` trained by DMCMC's Algorithm A (`train_noise_classifier`: a fresh level per image per step); torch's RNG is left as it was."
+    "A `SmallNoiseCNN` trained as DMCMC trains its noise-level classifier (`train_noise_classifier`: a fresh level per image per step); torch's RNG is left as it was."
     sig = image_levels() if sigmas is None else check_noise_grid(sigmas)
     images = torch.as_tensor(images)
     if images.ndim != 4: raise ValueError(f"images must be [N, C, H, W]; got shape {tuple(images.shape)}")
