@@ -24,7 +24,7 @@ __all__ = ['SHIPPED', 'PATHS', 'START_DEFAULTS', 'IMAGE_STARTS', 'SmallNoiseCNN'
            'level_errors', 'save_level_classifier', 'load_level_classifier', 'pretrained_noise_posterior',
            'image_metric', 'method_row', 'format_table', 'dlg_rows', 'plot_chain', 'GaussianImages', 'save_vae',
            'load_vae', 'pretrained_vae', 'es_ddpm_rows', 'difftime_rows', 'bpd_rows', 'path_rows', 'format_paths',
-           'image_start']
+           'seed_table', 'format_seeds', 'image_start']
 
 # %% ../nbs/47_methods_on_images.ipynb #fd67b7ef
 class SmallNoiseCNN(nn.Module):
@@ -321,6 +321,32 @@ def format_paths(rows, key='fd', floor=None):
         out.append(f"{m:<{w}}" + ''.join((f"{cell[b][key]:.3f}" + ('' if cell[b]['nfe'] == b else f" ({cell[b]['nfe']})")).rjust(13)
                                          if b in cell else f"{'-':>13}" for b in nfes))
     return '\n'.join(out) + (f"\nfloor (real vs held-out real, same n): {floor:.3f}" if floor is not None else '')
+
+# %% ../nbs/47_methods_on_images.ipynb #22ad90c6
+def seed_table(model, # the image denoiser
+               configs, # [(label, start or None, sampler, path NFE, tweedie_eps or None)]; the first is the baseline
+               seeds=(0, 1, 2, 3, 4), n:int=297, dataset:str='digits'):
+    "Each configuration at every seed: fd's mean and s.d. over seeds, and the paired difference to the first configuration."
+    out, base = [], None
+    for lbl, st, s_, b, te in configs:
+        r = [method_row(model, n, st, s_, b, lbl, dataset, sd, te) for sd in seeds]
+        f = torch.tensor([x['fd'] for x in r], dtype=torch.float64)
+        row = {'method': lbl, 'path': s_, 'nfe': r[0]['nfe'], 'nfe_full': r[0]['nfe_full'], 'fd_mean': f.mean().item(),
+               'fd_sd': f.std().item(), 'fds': f.tolist()}
+        if base is None: base = f
+        else: d = f - base; row.update(diff=d.mean().item(), diff_se=(d.std() / math.sqrt(len(d))).item())
+        out.append(row)
+    return out
+
+def format_seeds(rows):
+    "The seed table as text: mean ± s.d. of fd, the paired difference to the first row ± its s.e., and each seed's fd."
+    w = max(len(r['method']) for r in rows) + 1
+    lines = [f"{'':<{w}}{'NFE':>5}{'full':>6}   fd mean ± s.d.   diff to row 1 ± s.e.   per seed"]
+    for r in rows:
+        d = f"{r['diff']:+.3f} ± {r['diff_se']:.3f}" if 'diff' in r else '—'
+        lines.append(f"{r['method']:<{w}}{r['nfe']:>5g}{r['nfe_full']:>6.3g}   {r['fd_mean']:6.3f} ± {r['fd_sd']:.3f}   {d:>20}   "
+                     + ' '.join(f"{v:.3f}" for v in r['fds']))
+    return '\n'.join(lines)
 
 # %% ../nbs/47_methods_on_images.ipynb #df9766c8
 START_DEFAULTS = {   # the settings of this chapter's tables (σ′ = 5: the best of the ES-DDPM sweep at 10 NFE)
