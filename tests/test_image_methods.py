@@ -144,3 +144,12 @@ def test_bpd_rows_digits(model):
     assert all(0 < r['bpd'] < math.log2(17) for r in rows)
     again = IM.bpd_rows(model, x[:16], gi, 17, sigma_Ts=(0.5, 2., 80.), steps=8, batch_size=16)   # batching does not change the numbers
     assert [r['bpd'] for r in again] != [] and abs(again[-1]['bpd'] - rows[-1]['bpd']) < 0.5
+
+
+def test_seed_table_is_paired(model):
+    rows = IM.seed_table(model, [('a', None, 'euler', 3, None), ('b', None, 'euler', 3, None), ('c', None, 'euler', 5, None)],
+                         seeds=(0, 1, 2), n=24)
+    assert rows[1]['diff'] == 0 and rows[1]['diff_se'] == 0          # the same configuration at the same seeds: no difference
+    assert rows[0]['fds'] == rows[1]['fds'] and len(set(rows[0]['fds'])) == 3   # seeds differ from one another
+    assert rows[2]['diff'] < 0                                        # more Euler steps: closer to the data
+    assert 'diff to row 1' in IM.format_seeds(rows)
