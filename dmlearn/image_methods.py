@@ -17,7 +17,7 @@ from .checkpoint import save_checkpoint, load_checkpoint, sha256_file, Checkpoin
 from .dmcmc import noise_grid, check_noise_grid, NoisePosterior, ClassifierNoisePosterior, DLGStart, generate_tweedie
 from .starts import PriorStart, VAE2d
 from .difftime import AuxStart, likelihood_grid, ode_log_prob, dequantize, dequant_sigma, bits_per_dim, isotropic_log_prob
-from .gpu_chapters import ImagePrior, train_noise_classifier
+from .gpu_chapters import ImagePrior, train_noise_classifier, train_image_prior
 
 # %% auto #0
 __all__ = ['SHIPPED', 'PATHS', 'START_DEFAULTS', 'IMAGE_STARTS', 'SmallNoiseCNN', 'image_levels', 'train_level_classifier',
