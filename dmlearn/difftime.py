@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from .core import lazy_pyplot as plt   # matplotlib.pyplot, imported on first use
+from .core import _plt as plt   # matplotlib.pyplot, imported on first use
 from typing import NamedTuple
 from .core import batch_sigma, check_int, check_real, check_finite
 from .gmm import GMM, plot_density
@@ -375,6 +375,8 @@ def pf_ode_field(model, # a denoiser `D(x, sigma)`, differentiable in x
         xg = x.detach().requires_grad_(True)
         D = model(xg, batch_sigma(sigma, xg))
         if D.shape != x.shape: raise ValueError(f"the denoiser returned shape {tuple(D.shape)} for x of shape {tuple(x.shape)}")
+        if not D.requires_grad: raise ValueError("the denoiser's output does not depend differentiably on x (computed under "
+                                                  "no_grad, or detached): the likelihood needs its Jacobian ∂D/∂x")
         flat = D.flatten(1); d = flat.shape[1]
         if probes is None:                            # tr ∂D/∂x, one column per backward pass
             tr = sum(torch.autograd.grad(flat[:, i].sum(), xg, retain_graph=i < d - 1)[0].flatten(1)[:, i] for i in range(d))

@@ -327,6 +327,8 @@ def seed_table(model, # the image denoiser
                configs, # [(label, start or None, sampler, path NFE, tweedie_eps or None)]; the first is the baseline
                seeds=(0, 1, 2, 3, 4), n:int=297, dataset:str='digits'):
     "Each configuration at every seed: fd's mean and s.d. over seeds, and the paired difference to the first configuration."
+    seeds = list(seeds)
+    if not configs or len(seeds) < 2: raise ValueError(f"seed_table needs at least one configuration and two seeds; got {len(configs)} and {len(seeds)}")
     out, base = [], None
     for lbl, st, s_, b, te in configs:
         r = [method_row(model, n, st, s_, b, lbl, dataset, sd, te) for sd in seeds]

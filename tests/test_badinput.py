@@ -428,6 +428,7 @@ case('difftime.gap_curve', 'sigma_T below sigma_min', lambda: gap_curve(RING, RI
 case('difftime.plot_difftime', 'sigma_T<0', lambda: plot_difftime(RING, -1.), V, 'must be')
 case('difftime.likelihood_grid', 'node above sigma_T', lambda: likelihood_grid(8, 1., nodes=[2.]), V, 'nodes must lie in')
 case('difftime.likelihood_grid', 'steps=0', lambda: likelihood_grid(0, 1.), V, 'steps')
+case('difftime.pf_ode_field', 'denoiser that is not differentiable', lambda: pf_ode_field(lambda x, s: x.detach() * 0.5, X, 1.), V, 'does not depend differentiably on x')
 case('difftime.pf_ode_field', 'denoiser of the wrong shape', lambda: pf_ode_field(lambda x, s: x[:, :1], X, 1.), V, 'the denoiser returned shape')
 case('difftime.ode_log_prob', 'decreasing grid', lambda: ode_log_prob(RING, X, torch.tensor([1., 0.5])), V, 'increasing grid')
 case('difftime.ode_log_prob', 'NaN in x', lambda: ode_log_prob(RING, torch.full((2, 2), NAN, dtype=torch.float64), torch.tensor([0.5, 1.])), FloatingPointError, 'x')

@@ -153,3 +153,8 @@ def test_seed_table_is_paired(model):
     assert rows[0]['fds'] == rows[1]['fds'] and len(set(rows[0]['fds'])) == 3   # seeds differ from one another
     assert rows[2]['diff'] < 0                                        # more Euler steps: closer to the data
     assert 'diff to row 1' in IM.format_seeds(rows)
+
+
+def test_seed_table_refuses_too_little(model):
+    with pytest.raises(ValueError, match='at least one configuration and two seeds'): IM.seed_table(model, [], seeds=(0, 1))
+    with pytest.raises(ValueError, match='two seeds'): IM.seed_table(model, [('a', None, 'euler', 3, None)], seeds=(0,))
